@@ -1,0 +1,3 @@
+from cmi_cli.app import main
+
+main()

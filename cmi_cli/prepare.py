@@ -1,0 +1,7 @@
+"""`cmi prepare` (being built)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

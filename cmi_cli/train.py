@@ -1,0 +1,7 @@
+"""`cmi train` (being built)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
