@@ -1,0 +1,12 @@
+"""`cmi report`: per-class, per-client and per-modality fairness reports of training runs.
+
+- :mod:`~pipelines.reports.metrics`: the metrics themselves (shared with the training engine's
+  per-round evaluation, so both agree to the last digit; imports numpy only).
+- :mod:`~pipelines.reports.load`: reading a run directory and its partition, finished or not.
+- :mod:`~pipelines.reports.analysis`: ``build_report`` recomputes every number of a report.
+- :mod:`~pipelines.reports.tables` (rich / shared table model), :mod:`~pipelines.reports.exporters`
+  (JSON, CSV, Markdown), :mod:`~pipelines.reports.figures` and :mod:`~pipelines.reports.html`
+  (self-contained HTML); :mod:`~pipelines.reports.render` picks one by format name.
+
+This package module imports nothing, so importing ``pipelines.reports.metrics`` stays cheap.
+"""

@@ -1,0 +1,373 @@
+"""The report's tables, built from a :class:`~pipelines.reports.analysis.Report`, and their rich
+rendering. Markdown and HTML render the same :class:`Table` objects.
+
+Rates are shown in percent with one decimal; differences (deltas, gaps) in signed percentage
+points; temperatures with three decimals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table as RichTable
+
+from pipelines.reports.analysis import Key, Report, RunReport, Value
+from pipelines.reports.load import SNAPSHOT_LABELS
+
+#: how a metric's values are formatted: pct (x100), pp (signed x100), int, num (3 decimals), text
+METRIC_KINDS = {
+    "rows": "int", "coverage": "pct", "accuracy": "pct", "balanced_accuracy": "pct", "macro_f1": "pct",
+    "worst_class": "text", "worst_class_recall": "pct", "recall_std": "pct", "recall_gap": "pct",
+    "fused_minus_path": "pp", "support": "int", "recall": "pct", "temperature": "num", "samples": "int",
+    "modalities": "text", "clients": "int", "mean": "pct", "std": "pct", "worst10_mean": "pct",
+    "worst10_count": "int",
+}
+#: kind of a difference of two values of a kind
+DELTA_KINDS = {"pct": "pp", "pp": "pp", "int": "dint", "num": "dnum"}
+METRIC_LABELS = {
+    "rows": "rows", "coverage": "coverage", "accuracy": "accuracy", "balanced_accuracy": "bal. acc",
+    "macro_f1": "macro F1", "worst_class": "worst class", "worst_class_recall": "worst recall",
+    "recall_std": "recall std", "recall_gap": "max−min", "fused_minus_path": "fused − path",
+    "clients": "clients", "mean": "mean", "std": "std", "worst10_mean": "worst-10% mean",
+    "worst10_count": "worst-10% count",
+}
+#: summary metrics shown in tables (``coverage`` is in JSON/CSV only)
+TABLE_SUMMARY_METRICS = (
+    "rows", "accuracy", "balanced_accuracy", "macro_f1", "worst_class", "worst_class_recall", "recall_std",
+    "recall_gap", "fused_minus_path",
+)
+#: direction in which a metric improves (+1 up, -1 down); absent = no direction (counts, modality gap)
+BETTER = {
+    "accuracy": 1, "balanced_accuracy": 1, "macro_f1": 1, "worst_class_recall": 1, "recall": 1, "mean": 1,
+    "worst10_mean": 1, "recall_std": -1, "recall_gap": -1, "std": -1,
+}
+UNITS_NOTE = "Rates in %; std, max−min and differences in percentage points."
+DELTA_NOTE = ("Δ = run − baseline; blue = better, vermillion = worse (lower is better for recall std, max−min "
+              "and std over clients; counts and fused − path are not coloured).")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table value and how to print it (see :data:`METRIC_KINDS`; ``dint``/``dnum`` are signed).
+
+    ``better`` is, for a comparison delta, +1 when its metric improves upwards, -1 downwards and 0
+    when neither (counts, the signed modality gap); :attr:`tone` says whether a delta improves."""
+
+    value: Value | None
+    kind: str = "text"
+    better: int = 0
+
+    @property
+    def text(self) -> str:
+        v = self.value
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        formats = {"pct": "{:.1f}", "pp": "{:+.1f}", "num": "{:.3f}", "dnum": "{:+.3f}", "int": "{:d}", "dint": "{:+d}"}
+        if self.kind in ("pct", "pp"):
+            return formats[self.kind].format(100 * float(v))
+        if self.kind in ("int", "dint"):
+            return formats[self.kind].format(int(round(float(v))))
+        if self.kind in formats:
+            return formats[self.kind].format(float(v))
+        return str(v)
+
+    @property
+    def tone(self) -> str | None:
+        """"better" / "worse" for a non-zero comparison delta (as printed), else None."""
+        text = self.text
+        if not self.better or text[0] not in "+-" or not text.strip("+-0."):
+            return None
+        return "better" if (text[0] == "+") == (self.better > 0) else "worse"
+
+
+@dataclass
+class Table:
+    """A titled grid of cells. ``key`` is a stable id; ``separators`` are row indices after which
+    a rule is drawn (between groups of rows); the first ``label_columns`` columns name the row."""
+
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+    separators: set[int] = field(default_factory=set)
+    label_columns: int = 1
+
+
+def metric_cell(metric: str, value: Value | None) -> Cell:
+    return Cell(value, METRIC_KINDS.get(metric, "text"))
+
+
+def delta_cell(metric: str, value: float | None) -> Cell:
+    return Cell(value, DELTA_KINDS.get(METRIC_KINDS.get(metric, "text"), "text"), BETTER.get(metric, 0))
+
+
+def snapshot_title(run: RunReport, snapshot: str) -> str:
+    """'test-best · round 7 (best on validation)', marked when the run is incomplete."""
+    snap = run.snapshots.get(snapshot)
+    label = SNAPSHOT_LABELS[snapshot]
+    where = f" · round {snap.round}" if snap is not None and snap.round is not None else ""
+    if snapshot == "best":
+        meaning = "best on validation" if run.run.complete else "best on validation so far"
+    else:
+        meaning = "last round" if run.run.complete else "latest saved, run INCOMPLETE"
+    return f"{label}{where} ({meaning})"
+
+
+def _provenance(run: RunReport, snapshot: str) -> str:
+    snap = run.snapshots[snapshot]
+    text = f"Recomputed from {snap.file}."
+    if snap.models > 1:
+        text += f" Method {run.run.method}: pooled over {snap.models} client models (= mean recall across models)."
+    return text
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def runs_table(report: Report) -> Table:
+    rows = []
+    for run in report.runs:
+        r = run.run
+        rounds = f"{r.rounds_done if r.rounds_done is not None else '?'}/{r.rounds_total or '?'}"
+        snaps = ", ".join(f"{SNAPSHOT_LABELS[s]} r{v.round}" for s, v in run.snapshots.items()) or "none yet"
+        status = r.status if r.complete else f"{r.status} · INCOMPLETE"
+        role = "baseline" if run is report.baseline else ("compared" if report.compare else "")
+        rows.append([Cell(x) for x in (r.name, role, r.method, r.dataset, r.partition_name or "?", status,
+                                       rounds, r.best_round, snaps)])
+    columns = ["run", "role", "method", "dataset", "partition", "status", "rounds", "best round", "predictions"]
+    if not report.compare:
+        columns.pop(1)
+        rows = [row[:1] + row[2:] for row in rows]
+    return Table("runs", "Runs", columns, rows)
+
+
+def summary_table(report: Report, run: RunReport, snapshot: str) -> Table:
+    paths = [p for p in report.paths if p in run.run.eval_paths]
+    rows = [
+        [Cell(p)] + [metric_cell(m, report.value(run, snapshot, Key("summary", path=p, metric=m)))
+                     for m in TABLE_SUMMARY_METRICS]
+        for p in paths
+    ]
+    columns = ["path"] + [METRIC_LABELS[m] for m in TABLE_SUMMARY_METRICS]
+    note = (f"{_provenance(run, snapshot)} Class averages over the classes present; fused − path: accuracy "
+            "difference on the rows where both paths are defined.")
+    return Table(f"summary.{run.name}.{snapshot}", f"Fairness summary · {run.name} · {snapshot_title(run, snapshot)}",
+                 columns, rows, note)
+
+
+def per_class_table(report: Report, run: RunReport, snapshot: str) -> Table:
+    paths = [p for p in report.paths if p in run.run.eval_paths]
+    snap = run.snapshots[snapshot]
+    has_t = any(k.metric == "temperature" for k in snap.values)
+    rows = []
+    for cls in run.run.classes:
+        row = [Cell(cls), metric_cell("support", snap.values.get(Key("per_class", cls=cls, metric="support")))]
+        row += [metric_cell("recall", snap.values.get(Key("per_class", path=p, cls=cls, metric="recall")))
+                for p in paths]
+        if has_t:
+            row.append(metric_cell("temperature", snap.values.get(Key("per_class", cls=cls, metric="temperature"))))
+        rows.append(row)
+    columns = ["class", "support", *paths] + (["T"] if has_t else [])
+    note = _provenance(run, snapshot) + " Support = distinct test samples."
+    if has_t:
+        note += f" T = FedCMI class temperature logged at round {snap.round} (metrics.jsonl)."
+    return Table(f"per_class.{run.name}.{snapshot}",
+                 f"Per-class recall · {run.name} · {snapshot_title(run, snapshot)}", columns, rows, note)
+
+
+def _client_ids(report: Report, snapshot: str) -> list[str]:
+    """Client ids with a per-client accuracy in any run's ``snapshot``, ascending."""
+    ids = {k.client for run in report.runs for k in report.values(run, snapshot) if k.section == "per_client"}
+    return sorted(ids, key=int)
+
+
+def _client_stat_rows(report: Report, run: RunReport, snapshot: str) -> list[tuple[str, Key]]:
+    """(label, key) of the statistics over clients: overall, then per modality group."""
+    snap = run.snapshots.get(snapshot)
+    count = snap.values.get(Key("clients", metric="clients")) if snap else None
+    k = snap.values.get(Key("clients", metric="worst10_count")) if snap else None
+    rows = [
+        (f"mean over {count if count is not None else 'all'} clients", Key("clients", metric="mean")),
+        ("std over clients", Key("clients", metric="std")),
+        (f"worst-10% mean (lowest {k if k is not None else 'ceil(10%)'})", Key("clients", metric="worst10_mean")),
+    ]
+    groups = [] if snap is None else [key.client for key in snap.values
+                                      if key.section == "clients" and key.client and key.metric == "mean"]
+    for group in groups:
+        n = snap.values[Key("clients", client=group, metric="clients")]
+        rows.append((f"mean over {group} clients ({n})", Key("clients", client=group, metric="mean")))
+    return rows
+
+
+def per_client_tables(report: Report, run: RunReport, snapshot: str) -> list[Table]:
+    snap = run.snapshots[snapshot]
+    if Key("clients", metric="mean") not in snap.values:
+        return [Table(f"per_client.{run.name}.{snapshot}", f"Per-client accuracy · {run.name}", ["note"],
+                      [[Cell(f"no predictions/clients-{snapshot}.parquet in this run")]])]
+    clients = [k.client for k in snap.values if k.section == "per_client" and k.metric == "accuracy"]
+    rows = [
+        [Cell(c)] + [metric_cell(m, snap.values.get(Key("per_client", client=c, metric=m)))
+                     for m in ("modalities", "samples", "accuracy")]
+        for c in clients
+    ]
+    where = f"predictions/clients-{snapshot}.parquet (round {snap.client_round})"
+    detail = Table(f"per_client.{run.name}.{snapshot}",
+                   f"Per-client accuracy · {run.name} · {snapshot_title(run, snapshot)}",
+                   ["client", "modalities", "samples", "accuracy"], rows,
+                   f"The model's accuracy on each client's own training data, recomputed from {where}; "
+                   "modalities held by the client, from the partition.")
+    stats = Table(f"clients.{run.name}.{snapshot}",
+                  f"Accuracy over clients · {run.name} · {SNAPSHOT_LABELS[snapshot]}",
+                  ["statistic", "value"],
+                  [[Cell(label), metric_cell(key.metric, snap.values.get(key))]
+                   for label, key in _client_stat_rows(report, run, snapshot)],
+                  "Clients weigh equally; std is the population std; worst-10% mean = mean of the lowest "
+                  "ceil(10% of clients) client accuracies.")
+    return [detail, stats]
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def _compare_table(
+    report: Report, snapshot: str, key: str, title: str, label_columns: Sequence[str],
+    row_specs: Sequence[tuple[list[Cell], Key]], note: str, separators: set[int] | None = None,
+) -> Table:
+    """Rows = ``row_specs`` (label cells, key); columns = each run's value, then each other run's
+    delta to the baseline (other − baseline)."""
+    base, others = report.runs[0], report.runs[1:]
+    rows = []
+    for labels, k in row_specs:
+        values = [metric_cell(k.metric, report.value(run, snapshot, k)) for run in report.runs]
+        deltas = [delta_cell(k.metric, report.delta(run, snapshot, k)) for run in others]
+        rows.append(list(labels) + values + deltas)
+    columns = list(label_columns) + [run.name for run in report.runs] + [f"Δ {run.name}" for run in others]
+    rounds = ", ".join(
+        f"{run.name} r{run.snapshots[snapshot].round}" if snapshot in run.snapshots else f"{run.name}: none"
+        for run in report.runs
+    )
+    note = f"{note} Baseline {base.name}. Rounds: {rounds}."
+    return Table(key, title, columns, rows, note, separators or set(), len(label_columns))
+
+
+def compare_tables(report: Report, snapshot: str, per_class: bool, per_client: bool) -> list[Table]:
+    label = f"{SNAPSHOT_LABELS[snapshot]} ({'best on validation' if snapshot == 'best' else 'last round'})"
+    specs, separators = [], set()
+    for path in report.paths:
+        for m in TABLE_SUMMARY_METRICS[1:]:
+            if not (m == "fused_minus_path" and path == "fused"):
+                specs.append(([Cell(path), Cell(METRIC_LABELS[m])], Key("summary", path=path, metric=m)))
+        separators.add(len(specs) - 1)
+    tables = [_compare_table(report, snapshot, f"compare.summary.{snapshot}", f"Fairness summary · {label}",
+                             ["path", "metric"], specs, "Recomputed from each run's predictions.", separators)]
+    classes = report.runs[0].run.classes
+    if per_class:
+        support = [Cell(report.value(report.runs[0], snapshot, Key("per_class", cls=c, metric="support")), "int")
+                   for c in classes]
+        for path in report.paths:
+            specs = [([Cell(c), s], Key("per_class", path=path, cls=c, metric="recall"))
+                     for c, s in zip(classes, support)]
+            tables.append(_compare_table(report, snapshot, f"compare.per_class.{path}.{snapshot}",
+                                         f"Per-class recall · {path} · {label}", ["class", "support"], specs,
+                                         "Support from the baseline's test set."))
+        if any(Key("per_class", cls=classes[0], metric="temperature") in run.snapshots[snapshot].values
+               for run in report.runs if snapshot in run.snapshots):
+            specs = [([Cell(c)], Key("per_class", cls=c, metric="temperature")) for c in classes]
+            tables.append(_compare_table(report, snapshot, f"compare.temperature.{snapshot}",
+                                         f"FedCMI class temperatures · {label}", ["class"], specs,
+                                         "Logged during training (metrics.jsonl) at each run's snapshot round."))
+    if per_client:
+        specs = [([Cell(label_)], k) for label_, k in _client_stat_rows(report, report.runs[0], snapshot)]
+        tables.append(_compare_table(report, snapshot, f"compare.clients.{snapshot}",
+                                     f"Accuracy over clients · {label}",
+                                     ["statistic"], specs, "Group labels from the baseline's partition."))
+        partitions = {(run.run.partition_name, run.run.artifact.manifest.get("inputs", {}).get("partition"))
+                      for run in report.runs}
+        if len(partitions) == 1 and report.runs[0].run.partition_name:
+            base = report.runs[0]
+            specs = [([Cell(c), Cell(report.value(base, snapshot, Key("per_client", client=c, metric="modalities")))],
+                      Key("per_client", client=c, metric="accuracy")) for c in _client_ids(report, snapshot)]
+            tables.append(_compare_table(report, snapshot, f"compare.per_client.{snapshot}",
+                                         f"Per-client accuracy · {label}", ["client", "modalities"], specs,
+                                         "Same partition for every run: client ids match."))
+    return tables
+
+
+# ----------------------------------------------------------------------------- all tables
+
+
+def build_tables(report: Report, *, per_class: bool, per_client: bool) -> list[Table]:
+    """The report's tables in display order: runs, then per snapshot the summary, per-class and
+    per-client tables (side by side with deltas in a comparison)."""
+    tables = [runs_table(report)]
+    for snapshot in report.snapshots:
+        if report.compare:
+            tables += compare_tables(report, snapshot, per_class, per_client)
+            continue
+        for run in report.runs:
+            if snapshot not in run.snapshots:
+                continue
+            tables.append(summary_table(report, run, snapshot))
+            if per_class:
+                tables.append(per_class_table(report, run, snapshot))
+            if per_client:
+                tables += per_client_tables(report, run, snapshot)
+    return tables
+
+
+def legend(report: Report) -> str:
+    """Units, and in a comparison how deltas read."""
+    return f"{UNITS_NOTE} {DELTA_NOTE}" if report.compare else UNITS_NOTE
+
+
+def report_notes(report: Report) -> list[str]:
+    """Every run's notes (INCOMPLETE first), prefixed by the run name."""
+    return [f"{run.name}: {note}" for run in report.runs for note in run.run.notes]
+
+
+# ----------------------------------------------------------------------------- rich
+
+#: Okabe–Ito blue / vermillion: a colour-blind-safe pair for better / worse comparison deltas
+TONE_COLOURS = {"better": "#0072B2", "worse": "#D55E00"}
+
+
+def _rich_cell(cell: Cell) -> str:
+    text = escape(cell.text)
+    return f"[{TONE_COLOURS[cell.tone]}]{text}[/]" if cell.tone else text
+
+
+def to_rich(table: Table) -> RichTable:
+    out = RichTable(title=table.title, title_style="bold", header_style="bold", box=box.SIMPLE_HEAD)
+    for i, name in enumerate(table.columns):
+        numeric = bool(table.rows) and any(row[i].kind != "text" for row in table.rows)
+        # row labels never wrap and no value is ever cut; headers may wrap between words
+        widest = max([len(word) for word in name.split()] + [len(row[i].text) for row in table.rows])
+        out.add_column(name, justify="right" if numeric else "left", no_wrap=i < table.label_columns,
+                       min_width=widest)
+    for i, row in enumerate(table.rows):
+        out.add_row(*(_rich_cell(c) for c in row), end_section=i in table.separators)
+    return out
+
+
+def print_report(console: Console, report: Report, tables: list[Table]) -> None:
+    """Print the tables (each note dimmed below it), with the runs' notes (INCOMPLETE warnings)
+    and the units legend after the runs table."""
+    console.print(to_rich(tables[0]))
+    notes = report_notes(report)
+    if notes:
+        incomplete = any("INCOMPLETE" in n for n in notes)
+        console.print(Panel(escape("\n".join(notes)), title="INCOMPLETE" if incomplete else "notes",
+                            border_style="bold yellow" if incomplete else "dim"))
+    console.print(legend(report), style="dim")
+    for table in tables[1:]:
+        console.print()
+        console.print(to_rich(table))
+        if table.note:
+            console.print(escape(table.note), style="dim")
