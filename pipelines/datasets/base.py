@@ -1,0 +1,168 @@
+"""What every dataset loader produces: an ordered listing of samples, plus the helpers they share.
+
+A loader reads a dataset's metadata and split files (never its media) and returns a
+:class:`Listing`: the class names, the modalities and where each comes from, and one
+:class:`Sample` per sample in a deterministic order. Rows that cannot become a sample (a
+duplicate id, an empty event window, an unknown label) are returned as :class:`Reject` rows with
+a reason, so nothing is dropped silently. `pipelines.prepare` turns a listing into shards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipelines.errors import CmiError
+from pipelines.shards import SPLITS
+
+#: environment variable that supplies ``--root``
+DATA_ROOT_ENV = "CMI_DATA_ROOT"
+
+#: where a modality's payload comes from: an audio track, video frames, a still image, or text
+SOURCE_KINDS = ("audio", "frames", "image", "text")
+
+
+@dataclass(frozen=True)
+class ModalitySource:
+    """A modality of a listing: its name in the shards and the kind of source it is read from."""
+
+    name: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"modality source must be one of {SOURCE_KINDS}, got {self.source!r}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample to prepare.
+
+    ``media`` maps a modality name to its file (absolute path); a text modality reads ``text``
+    instead. A modality missing from ``media`` is absent in the raw data itself (kept absent, not
+    a reject). ``window`` is an event window (start, end) in seconds inside the media, if any.
+    """
+
+    id: str
+    label: int
+    split: str
+    group: str | None
+    media: dict[str, str] = field(default_factory=dict)
+    text: str | None = None
+    window: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A sample (modality ``None``) or one modality of a sample that could not be prepared."""
+
+    id: str
+    split: str
+    modality: str | None
+    path: str | None
+    reason: str
+    sample_dropped: bool = True
+
+
+@dataclass
+class Listing:
+    """A dataset's samples in their fixed order, ready to be prepared."""
+
+    dataset: str
+    root: Path
+    classes: list[str]
+    modalities: list[ModalitySource]
+    samples: list[Sample]
+    rejects: list[Reject] = field(default_factory=list)
+    #: loader options and facts worth recording in the manifest (split method, task, ...)
+    info: dict[str, Any] = field(default_factory=dict)
+    #: extractor defaults that differ per dataset (e.g. AVE audio is tiled to 10 s)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: modality -> folder that must exist for it (checked once, before any sample is read)
+    media_dirs: dict[str, Path] = field(default_factory=dict)
+    #: the expected on-disk layout, shown in errors
+    layout: str = ""
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the samples carry text (then shards get a ``text`` column)."""
+        return any(s.text is not None for s in self.samples)
+
+    def select(self, names: Sequence[str]) -> "Listing":
+        """The same listing restricted to the modalities ``names`` (in listing order)."""
+        known = [m.name for m in self.modalities]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise CmiError(
+                f"{self.dataset} has no modality {', '.join(map(repr, unknown))}; "
+                f"choose among {', '.join(known)} with --modalities."
+            )
+        keep = [m for m in self.modalities if m.name in names]
+        samples = [replace(s, media={k: v for k, v in s.media.items() if k in names}) for s in self.samples]
+        dirs = {k: v for k, v in self.media_dirs.items() if k in names}
+        return replace(self, modalities=keep, samples=samples, media_dirs=dirs)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def resolve_root(root: str | os.PathLike | None, dataset: str, layout: str) -> Path:
+    """The dataset root given by ``--root`` or ``$CMI_DATA_ROOT``; a CmiError showing ``layout`` if
+    none is given or it does not exist."""
+    if root is None or str(root) == "":
+        root = os.environ.get(DATA_ROOT_ENV) or None
+    if root is None:
+        raise layout_error(dataset, None, f"no dataset root given: pass --root DIR or set {DATA_ROOT_ENV}", layout)
+    path = Path(root).expanduser().resolve()
+    if not path.exists():
+        raise layout_error(dataset, path, f"{path} does not exist", layout)
+    return path
+
+
+def layout_error(dataset: str, root: Path | None, problem: str, layout: str) -> CmiError:
+    where = f" (--root {root})" if root is not None else ""
+    return CmiError(
+        f"cannot read {dataset}{where}: {problem}.\n"
+        f"Point --root (or {DATA_ROOT_ENV}) at a folder laid out like this:\n{layout.rstrip()}"
+    )
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a text file, tolerant of a UTF-8 BOM, CRLF line ends and a missing
+    final newline (all present in the real split files)."""
+    text = path.read_text(encoding="utf-8-sig")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def carve_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """Move a seeded, class-stratified ``fraction`` of the train samples to ``val``.
+
+    Per class, ``round(fraction * n_train_c)`` samples are drawn without replacement with
+    ``numpy.random.default_rng(seed)``; the order of ``samples`` is unchanged.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise CmiError(f"--val-fraction must be in [0, 1), got {fraction}.")
+    if fraction == 0.0:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    is_train = np.array([s.split == "train" for s in samples])
+    to_val = np.zeros(len(samples), dtype=bool)
+    for c in np.unique(labels[is_train]):
+        idx = np.flatnonzero(is_train & (labels == c))
+        take = int(round(fraction * idx.size))
+        to_val[rng.choice(idx, size=take, replace=False)] = True
+    return [replace(s, split="val") if v else s for s, v in zip(samples, to_val)]
+
+
+def check_split(value: str, where: str) -> str:
+    if value not in SPLITS:
+        raise CmiError(f"{where}: split {value!r} is not one of {', '.join(SPLITS)}; fix the split value.")
+    return value

@@ -1,0 +1,175 @@
+"""Bring your own dataset: a CSV that lists the samples.
+
+Columns ``id,label,split`` (``split`` is ``train``, ``val`` or ``test``), an optional ``group``
+(natural-partition key, e.g. speaker or site), and one column per modality. A modality cell is a
+file path (relative to the CSV's folder, or absolute) or, for a text modality, the text itself.
+An empty cell means the sample has no such modality in the raw data: it is kept with that
+modality absent (it is not a reject).
+
+A modality's kind is inferred from its column: file extensions ``.wav .flac .ogg .mp3 .m4a`` ->
+``audio`` (spectrogram), ``.mp4 .flv .avi .mkv .mov .webm`` -> ``frames``, ``.jpg .jpeg .png .bmp
+.webp .gif .tif .tiff`` -> ``image``, anything else -> ``text``. ``--modality NAME=KIND`` sets it
+explicitly (and then only the named modalities are used); ``NAME=KIND@COLUMN`` reads another
+column, e.g. ``--modality audio=audio@video --modality visual=frames@video`` takes both the audio
+track and the frames of one video column. Classes are the sorted distinct labels. When the CSV
+has no ``val`` rows, ``val_fraction`` of train (stratified, seeded) becomes ``val``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.datasets.base import Listing, ModalitySource, Sample, carve_validation, check_split, layout_error, resolve_root
+from pipelines.errors import CmiError
+
+LAYOUT = """\
+  ROOT                 a CSV file, or a folder holding manifest.csv
+    id,label,split,group,audio,visual,caption
+    s001,dog,train,site-a,media/s001.wav,media/s001.mp4,"a dog barks"
+    s002,cat,test,site-b,media/s002.wav,,"a cat"       (empty cell: modality absent)
+  required columns: id, label, split (train|val|test); optional: group; every other column is a
+  modality (file path relative to the CSV, or text)."""
+
+DEFAULT_FILE = "manifest.csv"
+REQUIRED = ("id", "label", "split")
+RESERVED = REQUIRED + ("group",)
+#: shard column names a modality cannot take (``text`` holds the cleaned text of a text modality)
+RESERVED_NAMES = RESERVED + ("text",)
+EXTENSION_KINDS = {
+    "audio": (".wav", ".flac", ".ogg", ".mp3", ".m4a"),
+    "frames": (".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"),
+    "image": (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"),
+}
+
+
+@dataclass(frozen=True)
+class ModalityOption:
+    """A parsed ``--modality NAME=KIND[@COLUMN]``."""
+
+    name: str
+    kind: str
+    column: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ModalityOption":
+        name, sep, rest = text.partition("=")
+        kind, _, column = rest.partition("@")
+        name, kind, column = name.strip(), kind.strip(), column.strip()
+        if not sep or not name or kind not in ("audio", "frames", "image", "text"):
+            raise CmiError(
+                f"--modality {text!r}: expected NAME=KIND or NAME=KIND@COLUMN with KIND one of "
+                "audio, frames, image, text (e.g. --modality audio=audio@video)."
+            )
+        return cls(name, kind, column or name)
+
+
+def infer_kind(values: Sequence[str]) -> str:
+    """The source kind of a modality column from its non-empty cells (see module docstring)."""
+    cells = [v for v in values if v]
+    for kind, extensions in EXTENSION_KINDS.items():
+        if cells and all(Path(v).suffix.lower() in extensions for v in cells):
+            return kind
+    return "text"
+
+
+def csv_path(root: Path) -> Path:
+    path = root / DEFAULT_FILE if root.is_dir() else root
+    if not path.is_file():
+        raise layout_error("manifest", root, f"{DEFAULT_FILE} not found in that folder", LAYOUT)
+    return path
+
+
+def load(
+    root: str | Path | None,
+    *,
+    modalities: Sequence[str] = (),
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    dataset: str = "manifest",
+) -> Listing:
+    """List the samples of a user's manifest CSV (``root`` is the CSV or its folder)."""
+    path = csv_path(resolve_root(root, dataset, LAYOUT))
+    base = path.parent
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        rows = list(reader)
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise layout_error(dataset, path, f"column(s) {', '.join(missing)} missing (found: {', '.join(header) or 'none'})", LAYOUT)
+
+    if modalities:
+        chosen = [ModalityOption.parse(m) for m in modalities]
+    else:
+        columns = [c for c in header if c not in RESERVED]
+        chosen = [ModalityOption(c, infer_kind([(r.get(c) or "").strip() for r in rows]), c) for c in columns]
+    _check_modalities(chosen, header, path)
+
+    labels = sorted({(r.get("label") or "").strip() for r in rows} - {""})
+    index = {name: i for i, name in enumerate(labels)}
+    seen: dict[str, int] = {}
+    samples = []
+    for number, row in enumerate(rows, start=2):
+        where = f"{path.name} line {number}"
+        sample_id = (row.get("id") or "").strip()
+        label = (row.get("label") or "").strip()
+        if not sample_id or not label:
+            raise CmiError(f"{where}: empty id or label; every row needs both.")
+        if sample_id in seen:
+            raise CmiError(f"{where}: id {sample_id!r} already used on line {seen[sample_id]}; ids must be unique.")
+        seen[sample_id] = number
+        media, text = {}, None
+        for option in chosen:
+            cell = (row.get(option.column) or "").strip()
+            if not cell:
+                continue
+            if option.kind == "text":
+                text = cell
+            else:
+                media[option.name] = str((base / cell).resolve())
+        samples.append(Sample(
+            id=sample_id,
+            label=index[label],
+            split=check_split((row.get("split") or "").strip(), where),
+            group=(row.get("group") or "").strip() or None,
+            media=media,
+            text=text,
+        ))
+    carved = not any(s.split == "val" for s in samples)
+    if carved:
+        samples = carve_validation(samples, val_fraction, seed)
+    sources = [ModalitySource(o.name, o.kind) for o in chosen]
+    return Listing(
+        dataset=dataset,
+        layout=LAYOUT,
+        root=path,
+        classes=labels,
+        modalities=sources,
+        samples=samples,
+        info={
+            "split": "manifest" + (" (val carved from train)" if carved else ""),
+            "val_fraction": val_fraction if carved else None,
+            "seed": seed,
+            "columns": {o.name: o.column for o in chosen},
+        },
+    )
+
+
+def _check_modalities(chosen: list[ModalityOption], header: list[str], path: Path) -> None:
+    if not chosen:
+        raise CmiError(f"{path} has no modality column; add one column per modality besides {', '.join(RESERVED)}.")
+    names = [o.name for o in chosen]
+    if len(set(names)) != len(names) or set(names) & set(RESERVED_NAMES):
+        raise CmiError(
+            f"modality names must be distinct and not one of {', '.join(RESERVED_NAMES)}: got {', '.join(names)}. "
+            "Rename with --modality NAME=KIND@COLUMN, e.g. --modality caption=text@text."
+        )
+    absent = [o.column for o in chosen if o.column not in header]
+    if absent:
+        raise CmiError(f"{path} has no column {', '.join(map(repr, absent))} (columns: {', '.join(header)}).")
+    if sum(o.kind == "text" for o in chosen) > 1:
+        raise CmiError("at most one text modality is supported (it is stored in the shards' text column).")
