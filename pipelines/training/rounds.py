@@ -1,0 +1,92 @@
+"""The engine-independent pieces of a federated round: who trains, with which seed, whether an
+update is sound, and the round's summary numbers. The local engine and the Flower engine both use
+them, so a run replays identically whichever engine drives it."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pipelines.errors import CmiError
+from pipelines.fl import ClientData, ClientUpdate, FedAvg, TrainPool
+
+# spawn-key streams of the run seed, so client sampling and client seeds never share draws
+_SAMPLING_STREAM = 0
+_CLIENT_STREAM = 1
+_INIT_STREAM = 2
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, clients_per_round: int) -> list[int]:
+    """The clients of round ``round_``: ``clients_per_round`` of ``num_clients`` uniformly without
+    replacement, ascending. A pure function of (seed, round), so resuming needs no RNG state."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SAMPLING_STREAM, round_)))
+    chosen = rng.choice(num_clients, size=min(clients_per_round, num_clients), replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def client_seed(seed: int, round_: int, cid: int) -> int:
+    """The seed of client ``cid``'s local update in round ``round_`` (shuffling and any other
+    randomness of the update derive from it)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(_CLIENT_STREAM, round_, cid)).generate_state(1)[0])
+
+
+def init_seed(seed: int) -> int:
+    """The seed of the initial global model's weights."""
+    return int(np.random.SeedSequence(seed, spawn_key=(_INIT_STREAM,)).generate_state(1)[0])
+
+
+class TrainingDiverged(CmiError):
+    """A client update produced a non-finite loss or weights."""
+
+    def __init__(self, round_: int, cid: int, what: str, kept: str = ""):
+        self.round, self.cid, self.what = round_, cid, what
+        super().__init__(
+            f"training diverged in round {round_}: client {cid} {what}.{kept} Lower the learning rate "
+            "(--lr) or check the data, then start the run again with --force."
+        )
+
+
+def check_update(round_: int, update: ClientUpdate) -> None:
+    """Raise :class:`TrainingDiverged` naming the round and client when ``update`` holds a
+    non-finite loss or weight."""
+    if update.num_samples == 0:
+        return
+    loss = update.metrics.get("loss")
+    if loss is None or not math.isfinite(float(loss)):
+        raise TrainingDiverged(round_, update.cid, f"has a non-finite local loss ({loss})")
+    floats = [t.reshape(-1) for t in update.state.values() if t.is_floating_point()]
+    if floats and not bool(torch.isfinite(torch.cat(floats)).all()):
+        raise TrainingDiverged(round_, update.cid, "has non-finite weights after local training")
+
+
+def train_client(method: FedAvg, global_state: dict[str, torch.Tensor], pool: TrainPool, client: ClientData,
+                 round_: int, seed: int, client_state: dict[str, torch.Tensor] | None = None) -> ClientUpdate:
+    """One client's local update of round ``round_`` (counted from 1, as in metrics and
+    checkpoints; methods count from 0), checked with :func:`check_update`. ``seed`` comes from
+    :func:`client_seed`; ``client_state`` is what the client kept from its last update (method
+    ``local``), else None."""
+    update = method.client_update(global_state, pool, client, round_ - 1, seed, client_state=client_state)
+    check_update(round_, update)
+    return update
+
+
+def mean_loss(updates: Sequence[ClientUpdate]) -> float | None:
+    """Sample-weighted mean of the updates' local losses."""
+    weights = np.array([u.num_samples for u in updates], dtype=np.float64)
+    if not len(updates) or weights.sum() == 0:
+        return None
+    return float(np.dot(weights, [float(u.metrics["loss"]) for u in updates]) / weights.sum())
+
+
+def mean_temperatures(updates: Sequence[ClientUpdate]) -> list[float] | None:
+    """Sample-weighted mean of FedCMI's class temperatures over the updates that report them
+    (the round's multimodal clients); None when no update does."""
+    reporting = [u for u in updates if u.metrics.get("temperatures") is not None and u.num_samples > 0]
+    if not reporting:
+        return None
+    weights = np.array([u.num_samples for u in reporting], dtype=np.float64)
+    temps = np.array([np.asarray(u.metrics["temperatures"], dtype=np.float64) for u in reporting])
+    return (weights @ temps / weights.sum()).tolist()

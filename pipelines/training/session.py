@@ -1,0 +1,340 @@
+"""One training run between rounds: what an engine needs to plan a round and to finish it.
+
+An engine (local loop, Flower ServerApp) asks :meth:`TrainingSession.plan_round` which clients
+train, gets their updates (each computed with :func:`~pipelines.training.rounds.client_seed`
+by ``method.client_update``), and hands them to :meth:`TrainingSession.finish_round`, which
+checks them, aggregates, evaluates when due, logs metrics, saves predictions and checkpoints.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from pipelines.artifacts import Workspace, eval_paths as paths_for, fingerprint
+from pipelines.errors import CmiError
+from pipelines.fl import ClientData, ClientUpdate, FedAvg, get_method
+from pipelines.models import build_model
+from pipelines.training.config import RunConfig, resolve_config
+from pipelines.training.data import TrainingData, load_training_data
+from pipelines.training.evaluation import Predictions, client_accuracy, predict, selection_path, split_metrics
+from pipelines.training.rounds import (
+    TrainingDiverged, check_update, client_seed, init_seed, mean_loss, mean_temperatures, sample_clients,
+    train_client,
+)
+from pipelines.training.run_dir import Checkpoint, RunDirectory, State
+
+#: client id of the single pooled client of a ``pooled`` (centralized) method
+POOLED_CLIENT = 0
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when a GPU is visible, else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CmiError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto.")
+    return torch.device(requested)
+
+
+@dataclass
+class RoundResult:
+    """What finishing a round produced: the trained/skipped clients and, on evaluated rounds,
+    the metrics line."""
+
+    round: int
+    clients: list[int]
+    skipped: list[int]
+    record: dict[str, Any] | None
+
+
+class TrainingSession:
+    """A run's config, data, method and current state; see the module docstring.
+
+    Build it with :func:`open_session` (new or same-settings run) or :func:`resume_session`.
+    """
+
+    def __init__(self, run: RunDirectory, config: RunConfig, data: TrainingData, device: torch.device):
+        self.run, self.config, self.data, self.device = run, config, data, device
+        self.method_cls: type[FedAvg] = get_method(config.method)
+        self.eval_paths = paths_for(list(data.modalities))
+        self.model_specs = self.method_cls.select_specs(data.specs, config.hparams)
+        specs, classes = self.model_specs, data.num_classes
+        self.model_factory: Callable[[], torch.nn.Module] = lambda: build_model(specs, classes, config.model)
+        self.method = self.method_cls(self.model_factory, config.train, config.hparams, device)
+        self.eval_model = self._initial_model().to(device)
+        self.global_state: State = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
+        self.client_states: dict[int, State] = {}
+        self.model_modalities = tuple(getattr(self.eval_model, "modalities", data.modalities))
+        self.selection = selection_path(self.model_modalities)
+        self.rounds_done = 0
+        self.best_round: int | None = None
+        self.best_score: float | None = None
+        self.identity = run_identity(config, data)
+        if self.method_cls.pooled:
+            self.clients = [ClientData(POOLED_CLIENT, np.arange(len(data.train)), data.modalities)]
+        else:
+            self.clients = data.clients
+            if config.clients_per_round > len(self.clients):
+                raise CmiError(
+                    f"clients_per_round is {config.clients_per_round} but partition {data.partition.name} has "
+                    f"{len(self.clients)} clients; lower --clients-per-round or run `cmi partition` with more clients."
+                )
+
+    def _initial_model(self) -> torch.nn.Module:
+        return build_model(self.model_specs, self.data.num_classes, self.config.model, seed=init_seed(self.config.seed))
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def next_round(self) -> int:
+        return self.rounds_done + 1
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds_done >= self.config.rounds
+
+    def inputs(self) -> dict[str, str]:
+        """The run manifest's ``inputs``: fingerprints of the dataset and partition."""
+        return {"dataset": self.data.dataset.fingerprint, "partition": self.data.partition.fingerprint}
+
+    def begin(self) -> None:
+        """Create the run directory (manifest with status ``running``, config.json) of a new run,
+        or continue an existing one from its last checkpoint."""
+        if self.run.exists():
+            self.restore()
+            self.mark_resumed()
+            return
+        data, config = self.data, self.config
+        self.run.create(config.to_dict(), self.inputs(), {
+            "method": config.method,
+            "engine": config.engine,
+            "dataset": data.dataset.name,
+            "partition": data.partition.name,
+            "classes": data.classes,
+            "modalities": list(data.modalities),
+            "eval_paths": self.eval_paths,
+            "rounds_done": 0,
+            "rounds_total": config.rounds,
+            "best_round": None,
+            "device": str(self.device),
+            "identity": self.identity,
+        })
+
+    def restore(self) -> None:
+        """Continue from the last checkpoint if there is one (metrics past it are dropped)."""
+        ckpt = self.run.load_checkpoint()
+        if ckpt is not None and ckpt.identity != self.identity:
+            raise CmiError(
+                f"the checkpoint in {self.run.path} belongs to other settings; start the run again with --force."
+            )
+        if ckpt is not None:
+            on_device = lambda state: {k: v.to(self.device) for k, v in state.items()}  # noqa: E731
+            self.global_state = on_device(ckpt.global_state)
+            self.client_states = {cid: on_device(state) for cid, state in ckpt.client_states.items()}
+            self.rounds_done, self.best_round, self.best_score = ckpt.round, ckpt.best_round, ckpt.best_score
+        self.run.truncate_metrics(self.rounds_done)
+
+    # ------------------------------------------------------------------ one round
+
+    def plan_round(self, round_: int) -> list[int]:
+        """The client ids that train in ``round_``."""
+        if self.method_cls.pooled:
+            return [POOLED_CLIENT]
+        return sample_clients(self.config.seed, round_, len(self.clients), self.config.clients_per_round)
+
+    def client_seed(self, round_: int, cid: int) -> int:
+        return client_seed(self.config.seed, round_, cid)
+
+    def client_update(self, round_: int, cid: int) -> ClientUpdate:
+        """Client ``cid``'s local update of ``round_``, in this process (see :func:`train_client`)."""
+        return train_client(self.method, self.global_state, self.data.train.pool, self.clients[cid], round_,
+                            self.client_seed(round_, cid), self.client_states.get(cid))
+
+    def finish_round(self, round_: int, updates: list[ClientUpdate], started: float,
+                     failed: Sequence[int] = ()) -> RoundResult:
+        """Aggregate ``updates`` (those with samples; the others are skipped), evaluate when due,
+        write metrics/predictions and the checkpoint. ``started`` is the round's
+        ``time.perf_counter()`` start; ``failed`` lists clients an engine lost in the round (logged
+        as ``failed_clients``)."""
+        for update in updates:
+            check_update(round_, update)
+        trained = [u for u in updates if u.num_samples > 0]
+        skipped = sorted(u.cid for u in updates if u.num_samples == 0)
+        if trained:
+            self.global_state = self.method.aggregate(self.global_state, trained)
+        self.client_states.update({u.cid: u.client_state for u in trained if u.client_state is not None})
+        record = None
+        if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
+            record = self._evaluate(round_, trained, started, failed)
+        self.rounds_done = round_
+        self.run.save_checkpoint(Checkpoint(round_, self.global_state, self.client_states, self.best_round,
+                                            self.best_score, self.identity))
+        self.run.update(rounds_done=round_, best_round=self.best_round)
+        return RoundResult(round_, sorted(u.cid for u in trained), skipped, record)
+
+    def complete(self) -> None:
+        self.run.update(status="complete", rounds_done=self.rounds_done, best_round=self.best_round)
+
+    def mark(self, status: str) -> None:
+        self.run.update(status=status)
+
+    def mark_resumed(self) -> None:
+        """Status after :meth:`restore`: ``running``, or ``complete`` when every round is done
+        (a kill may have come between the last checkpoint and the final status)."""
+        if self.finished:
+            self.complete()
+        else:
+            self.run.update(status="running", device=str(self.device))
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around an engine's rounds: a divergence marks the run ``diverged`` (its last good
+        checkpoint stays), another error ``failed``; an interrupt leaves it ``running``
+        (resumable); success marks it ``complete``."""
+        try:
+            yield
+        except TrainingDiverged as exc:
+            self.mark("diverged")
+            kept = f" The last good checkpoint (round {self.rounds_done}) is kept in {self.run.path}." \
+                if self.rounds_done else ""
+            raise TrainingDiverged(exc.round, exc.cid, exc.what, kept) from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.mark("failed")
+            raise
+        self.complete()
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _models(self) -> list[tuple[int | None, State]]:
+        """The models evaluated: the global one, or every client's own (non-federated)."""
+        if self.method_cls.federated:
+            return [(None, self.global_state)]
+        return [(c.cid, self.client_states.get(c.cid, self.global_state)) for c in self.clients]
+
+    def _predict(self, state: State, split_pool, indices: np.ndarray | None = None) -> Predictions:
+        self.eval_model.load_state_dict(state)
+        return predict(self.eval_model, split_pool, self.eval_paths, self.data.modalities,
+                       self.config.eval_batch_size, indices)
+
+    def _evaluate(self, round_: int, updates: list[ClientUpdate], started: float,
+                  failed: Sequence[int]) -> dict[str, Any]:
+        models = self._models()
+        blocks: dict[str, dict[str, Any]] = {}
+        split_preds: dict[str, Predictions] = {}
+        for split, samples in self.data.splits.items():
+            if len(samples):
+                split_preds[split] = Predictions.concat([self._predict(s, samples.pool) for _, s in models])
+                blocks[split] = split_metrics(split_preds[split], self.data.num_classes)
+            else:
+                blocks[split] = None
+        train_ids, train_client, routed, labels = self._client_predictions(models)
+        record = {
+            "round": round_,
+            "clients": sorted(u.cid for u in updates),
+            "failed_clients": sorted(int(c) for c in failed),
+            "train_loss": mean_loss(updates),
+            "temperatures": mean_temperatures(updates),
+            "val": blocks.get("val"),
+            "test": blocks.get("test"),
+            "client_accuracy": client_accuracy(train_client, labels, routed),
+        }
+        score = (blocks.get("val") or {}).get("accuracy", {}).get(self.selection)
+        improved = self.best_round is None or score is None or self.best_score is None or score > self.best_score
+        snapshots = (["best"] if improved else []) + (["final"] if round_ == self.config.rounds else [])
+        if improved:
+            self.best_round, self.best_score = round_, score
+            if self.method_cls.federated:
+                self.run.save_best(self.global_state, round_)
+        for which in snapshots:
+            self._write_predictions(which, round_, models, split_preds.get("test"), train_ids, train_client,
+                                    labels, routed)
+        record["time_s"] = round(time.perf_counter() - started, 4)
+        self.run.append_metrics(record)
+        return record
+
+    def _client_predictions(self, models: list[tuple[int | None, State]]):
+        """Routed predictions of the evaluated model(s) on every client's own training rows:
+        (ids, client, routed, labels), rows grouped by client for a non-federated method."""
+        train = self.data.train
+        if self.method_cls.federated:
+            pred = self._predict(models[0][1], train.pool)
+            return train.ids, self.data.train_client, pred.routed, pred.labels
+        rows = [c.indices for c in self.clients]
+        preds = [self._predict(state, train.pool, c.indices) for (_, state), c in zip(models, self.clients)]
+        order = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        merged = Predictions.concat(preds)
+        return train.ids[order], self.data.train_client[order], merged.routed, merged.labels
+
+    def _write_predictions(self, which: str, round_: int, models, test: Predictions | None, train_ids,
+                           train_client, labels, routed) -> None:
+        if test is not None:
+            ids = self.data.splits["test"].ids
+            model_col = None
+            if not self.method_cls.federated:
+                model_col = np.repeat(np.array([cid for cid, _ in models]), len(ids))
+                ids = np.tile(ids, len(models))
+            self.run.write_test_predictions(which, ids, test.labels, test.paths, round_, model_col)
+        self.run.write_client_predictions(which, train_ids, train_client, labels, routed, round_)
+
+
+# ---------------------------------------------------------------------- opening a run
+
+
+def run_identity(config: RunConfig, data: TrainingData) -> str:
+    """Short hash of what a run computes: its config (device aside) and its exact inputs."""
+    return fingerprint([config.identity(), data.partition.fingerprint, data.dataset.fingerprint])[:8]
+
+
+def default_run_name(config: RunConfig, data: TrainingData) -> str:
+    return f"{config.method}-{data.partition.name}-s{config.seed}-{run_identity(config, data)[:6]}"
+
+
+def open_session(workspace: Workspace, config: RunConfig, *, partition: str | None = None,
+                 name: str | None = None, force: bool = False) -> TrainingSession:
+    """Start a run of ``config`` on ``partition`` (latest by default). An existing run directory
+    of the same name and settings is continued (so repeating an interrupted command resumes it);
+    ``force`` deletes it and starts over."""
+    data = load_training_data(workspace, partition)
+    run = RunDirectory(workspace.artifact_dir("run", name or default_run_name(config, data)))
+    if run.path.exists() and force:
+        shutil.rmtree(run.path)
+    session = TrainingSession(run, config, data, resolve_device(config.device))
+    if run.exists() and run.artifact().manifest.get("identity") != session.identity:
+        raise CmiError(
+            f"run {run.name} already exists with other settings or inputs; choose another --name, "
+            f"or pass --force to start it over."
+        )
+    session.begin()
+    workspace.set_latest("run", run.name)
+    return session
+
+
+def resume_session(workspace: Workspace, run_ref: str, *, device: str | None = None) -> TrainingSession:
+    """Continue run ``run_ref`` with its saved config (``device`` may change) from its last
+    checkpoint; its partition and dataset must be unchanged."""
+    artifact = workspace.resolve("run", run_ref)
+    run = RunDirectory(artifact.path)
+    saved = run.read_config()
+    if device is not None:
+        saved["device"] = device
+    config = resolve_config(saved)
+    data = load_training_data(workspace, artifact.manifest.get("partition"))
+    session = TrainingSession(run, config, data, resolve_device(config.device))
+    if artifact.manifest.get("inputs") != session.inputs():
+        raise CmiError(
+            f"the partition or dataset of run {run.name} changed since it started, so it cannot be resumed; "
+            f"start a new run with `cmi train` (or re-create this one with --force)."
+        )
+    session.begin()
+    workspace.set_latest("run", run.name)
+    return session
+

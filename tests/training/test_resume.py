@@ -1,0 +1,73 @@
+"""kill -9 in the middle of a run, `cmi train --resume`, and the result of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cmi_cli.app import app
+from pipelines.engines.local import run as run_local
+from pipelines.training.config import resolve_config
+from pipelines.training.progress import QuietProgress
+from pipelines.training.run_dir import RunDirectory
+from pipelines.training.session import open_session
+from tests.training.helpers import QUICK, partitioned_workspace
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = {**QUICK, "method": "fedcmi", "rounds": 4}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A workspace and an uninterrupted run in it."""
+    ws = partitioned_workspace(tmp_path_factory.mktemp("resume"))
+    session = open_session(ws, resolve_config(SETTINGS), name="uninterrupted")
+    run_local(session, QuietProgress())
+    return ws, session.run
+
+
+def kill_during_run(ws, name: str, kill_round: int, where: str) -> RunDirectory:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.training.interrupted_run", str(ws.root), name, json.dumps(SETTINGS),
+         str(kill_round), where],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return RunDirectory(ws.artifact_dir("run", name))
+
+
+def assert_same_run(run: RunDirectory, ref: RunDirectory) -> None:
+    a, b = load_file(str(run.checkpoint_file)), load_file(str(ref.checkpoint_file))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda lines: [{k: v for k, v in line.items() if k != "time_s"} for line in lines]  # noqa: E731
+    assert strip(run.read_metrics()) == strip(ref.read_metrics())
+    for name in ("test-final", "test-best", "clients-final", "clients-best"):
+        t1 = pq.read_table(run.path / "predictions" / f"{name}.parquet")
+        t2 = pq.read_table(ref.path / "predictions" / f"{name}.parquet")
+        assert t1.equals(t2) and t1.schema.metadata == t2.schema.metadata, name
+    m1, m2 = run.artifact().manifest, ref.artifact().manifest
+    assert (m1["status"], m1["rounds_done"], m1["best_round"]) == ("complete", 4, m2["best_round"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, checkpointed", [("after-checkpoint", 2), ("before-checkpoint", 1)])
+def test_resume_after_kill_9_ends_exactly_like_an_uninterrupted_run(reference, where, checkpointed):
+    ws, ref = reference
+    run = kill_during_run(ws, f"killed-{where}", 2, where)
+    manifest = run.artifact().manifest
+    assert manifest["status"] == "running" and manifest["rounds_done"] == checkpointed
+    assert run.load_checkpoint().round == checkpointed
+    assert [line["round"] for line in run.read_metrics()] == [1, 2]  # before-checkpoint: ahead by one
+
+    result = CliRunner().invoke(app, ["--workspace", str(ws.root), "train", "--resume", run.name, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(run, ref)
