@@ -5,7 +5,7 @@ Workload (built in memory, random payloads): 6,698 train samples, each a (257, 1
 spectrogram and 3 frames of 112x112x3 uint8 (CREMA-D's literature split with the frame size of
 the modality-imbalance papers), 6 classes, 744 val + 744 test samples; Dirichlet(0.5) clients
 (IID beyond 100 clients), 30% of them missing one modality; ``--per-round`` clients per round,
-1 local epoch.
+``--local-epochs`` local epochs (default 1).
 
 For each method, the rounds run through the real engine (:func:`pipelines.engines.local.run`,
 checkpoint every round); evaluation (val, test and every client's training data) runs on the
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -33,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from workload import CLASSES, EVAL_SAMPLES, SPECS, TRAIN_SAMPLES  # also puts the checkout on sys.path
 
 from pipelines.artifacts import Artifact  # noqa: E402
 from pipelines.engines.local import run as run_local  # noqa: E402
@@ -42,16 +40,12 @@ from pipelines.fl import TrainPool  # noqa: E402
 from pipelines.models import MultimodalNet  # noqa: E402
 from pipelines.partitioning.dirichlet import split_dirichlet, split_iid  # noqa: E402
 from pipelines.partitioning.missing import client_level_missing  # noqa: E402
-from pipelines.shards import ModalitySpec  # noqa: E402
 from pipelines.training.config import resolve_config  # noqa: E402
 from pipelines.training.data import SampleSet, TrainingData, make_clients  # noqa: E402
 from pipelines.training.progress import QuietProgress  # noqa: E402
 from pipelines.training.run_dir import RunDirectory  # noqa: E402
 from pipelines.training.session import TrainingSession  # noqa: E402
 
-SPECS = [ModalitySpec("audio", "spectrogram", (257, 137), "float32"),
-         ModalitySpec("visual", "frames", (3, 112, 112, 3), "uint8")]
-CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 CHUNK = 512
 
 
@@ -167,7 +161,7 @@ def bench_method(data: TrainingData, method: str, args, where: Path, clock: Mode
         "method": method, "rounds": args.rounds, "clients_per_round": args.per_round, "eval_every": args.rounds,
         "device": args.device, "seed": 0,
         "model": {"encoder": args.encoder, "embed_dim": args.embed_dim},
-        "train": {"local_epochs": 1, "batch_size": args.batch_size},
+        "train": {"local_epochs": args.local_epochs, "batch_size": args.batch_size},
     })
     session = TrainingSession(RunDirectory(where / "runs" / method), config, data, torch.device(args.device))
     session.begin()
@@ -182,11 +176,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per method (the last one evaluates)")
-    parser.add_argument("--train", type=int, default=6698)
-    parser.add_argument("--eval", type=int, default=744, help="val and test samples each")
+    parser.add_argument("--train", type=int, default=TRAIN_SAMPLES)
+    parser.add_argument("--eval", type=int, default=EVAL_SAMPLES, help="val and test samples each")
     parser.add_argument("--encoder", default="small")
     parser.add_argument("--embed-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--local-epochs", type=int, default=1,
+                        help="FedCMI's teacher pass is once per round, so more epochs amortise it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()

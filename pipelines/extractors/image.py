@@ -52,21 +52,12 @@ class ImageEncoder:
 
     def __init__(self, model_dir, device: str = "cpu", batch_size: int = 32) -> None:
         import torch
-        from transformers import AutoImageProcessor, AutoModel
 
         from pipelines.extractors.pretrained import load_local
 
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.processor, self.model = load_local(
-            model_dir,
-            "--image-model",
-            "AutoImageProcessor",
-            lambda path: (
-                AutoImageProcessor.from_pretrained(path, local_files_only=True),
-                AutoModel.from_pretrained(path, local_files_only=True),
-            ),
-        )
+        self.processor, self.model = load_local(model_dir, "--image-model", "AutoImageProcessor")
         self.model.eval().to(self.device)
         self.dim = int(self.embed(np.zeros((1, 32, 32, 3), np.uint8)).shape[1])
 

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import torch
 from transformers.utils import logging as transformers_logging
 
 from pipelines.errors import CmiError
 
-Loaded = TypeVar("Loaded")
+def load_local(model_dir, option: str, companion: str) -> tuple[object, object]:
+    """(companion, model) loaded from a model directory given with ``option``: ``companion`` is
+    the name of the transformers Auto class saved beside the model (``AutoTokenizer``,
+    ``AutoImageProcessor``), the model comes from ``AutoModel``; local files only. A CmiError
+    says how to supply a directory when it is missing, is not a saved model, or fails to load."""
+    import transformers
 
-
-def load_local(model_dir, option: str, what: str, load: Callable[[Path], Loaded]) -> Loaded:
-    """``load(dir)`` for a model directory given with ``option``; CmiError saying how to supply
-    one when the directory is missing, is not a saved model, or fails to load. ``what`` names
-    the companion object saved beside the model (tokenizer, image processor)."""
     path = Path(model_dir).expanduser()
     how = (
         f"{option} takes a directory written by save_pretrained, e.g. on a machine with internet: "
         f"AutoModel.from_pretrained(NAME).save_pretrained(DIR) and the matching "
-        f"{what}.from_pretrained(NAME).save_pretrained(DIR); copy DIR here and pass {option} DIR "
+        f"{companion}.from_pretrained(NAME).save_pretrained(DIR); copy DIR here and pass {option} DIR "
         "(cmi never downloads models)"
     )
     if not path.is_dir():
@@ -32,7 +32,8 @@ def load_local(model_dir, option: str, what: str, load: Callable[[Path], Loaded]
         raise CmiError(f"{option} {path}: not a saved transformers model (no config.json). {how}")
     try:
         with _quiet_transformers():
-            return load(path)
+            return (getattr(transformers, companion).from_pretrained(path, local_files_only=True),
+                    transformers.AutoModel.from_pretrained(path, local_files_only=True))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CmiError(f"{option} {path}: cannot load the model ({exc}). {how}") from exc
 

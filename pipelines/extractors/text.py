@@ -66,22 +66,13 @@ class TextEncoder:
 
     def __init__(self, model_dir, max_length: int = 40, batch_size: int = 64, device: str = "cpu") -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         from pipelines.extractors.pretrained import load_local
 
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.tokenizer, self.model = load_local(
-            model_dir,
-            "--text-model",
-            "AutoTokenizer",
-            lambda path: (
-                AutoTokenizer.from_pretrained(path, local_files_only=True),
-                AutoModel.from_pretrained(path, local_files_only=True),
-            ),
-        )
+        self.tokenizer, self.model = load_local(model_dir, "--text-model", "AutoTokenizer")
         self.model.eval().to(self.device)
         self.dim = int(self.embed([""]).shape[1])
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from pipelines.fl.base import ClientData, ClientUpdate, FedAvg, State, TrainPool
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 #: above this many rows / columns the tick labels would overlap; matplotlib picks ticks instead
 MAX_LABELLED_CLIENTS = 40
@@ -30,6 +28,11 @@ def render_heatmap(
     """Write a PNG: ``class_counts`` (clients, classes) as a heatmap and ``modality_share``
     (clients, modalities), the share of each client's samples that have each modality, beside it;
     a white x marks a modality the client does not hold at all."""
+    # matplotlib is imported here: reading a partition (every `cmi train`, every Flower ClientApp
+    # process) must not pay its ~0.5 s import.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     num_clients, num_classes = class_counts.shape
     width = float(np.clip(3.5 + 0.35 * num_classes + 0.5 * len(modalities), 7, 18))
     height = float(np.clip(2.5 + 0.25 * num_clients, 4, 16))

@@ -313,8 +313,12 @@ def open_session(workspace: Workspace, config: RunConfig, *, partition: str | No
             f"run {run.name} already exists with other settings or inputs; choose another --name, "
             f"or pass --force to start it over."
         )
+    return _begin(workspace, session)
+
+
+def _begin(workspace: Workspace, session: TrainingSession) -> TrainingSession:
     session.begin()
-    workspace.set_latest("run", run.name)
+    workspace.set_latest("run", session.run.name)
     return session
 
 
@@ -334,7 +338,5 @@ def resume_session(workspace: Workspace, run_ref: str, *, device: str | None = N
             f"the partition or dataset of run {run.name} changed since it started, so it cannot be resumed; "
             f"start a new run with `cmi train` (or re-create this one with --force)."
         )
-    session.begin()
-    workspace.set_latest("run", run.name)
-    return session
+    return _begin(workspace, session)
 

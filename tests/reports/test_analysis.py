@@ -3,7 +3,6 @@ and invalid runs."""
 
 import math
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +12,7 @@ from pipelines.errors import CmiError
 from pipelines.reports.analysis import Key, build_report
 from pipelines.reports.tables import build_tables, snapshot_title
 from tests.reports.conftest import LABELS, TEMPERATURES, fedavg_spec
-from tests.reports.runs import Predictions, RunSpec, metrics_line, write_run
+from tests.reports.runs import Predictions, RunSpec, write_run
 
 
 def _summary(report, run, snapshot, path, metric):
