@@ -10,7 +10,7 @@ import typer
 import pipelines
 from pipelines.artifacts import WORKSPACE_ENV
 
-from cmi_cli import partition, prepare, report, train
+from cmi_cli import flower, partition, prepare, report, train
 
 app = typer.Typer(
     name="cmi",
@@ -57,6 +57,7 @@ prepare.register(app)
 partition.register(app)
 train.register(app)
 report.register(app)
+flower.register(app)
 
 
 def main() -> None:
