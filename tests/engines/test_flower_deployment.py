@@ -186,11 +186,13 @@ def test_a_supernode_killed_mid_round_fails_its_clients_and_the_run_finishes(ws,
         run_flower(session, QuietProgress(),
                    FlowerOptions(superlink=deployment.address, min_clients=2, round_timeout=60))
         killer.join()
-        # a new run on the damaged deployment: the ServerApp's error reaches this process
+        # a new run on the damaged deployment: the ServerApp's error reaches this process. 20 s
+        # leaves the live SuperNodes time to answer the query (a fresh ClientApp process each:
+        # several seconds on a busy machine), so only partition-id 1 is missing.
         again = open_session(ws, quick_config(engine="flower", method="fedavg", rounds=1, clients_per_round=3),
                              name="flower-no-node-1")
-        with pytest.raises(CmiError, match=r"no SuperNode serves partition-id\(s\) \[1\] after 5 s"):
-            run_flower(again, QuietProgress(), FlowerOptions(superlink=deployment.address, nodes_timeout=5))
+        with pytest.raises(CmiError, match=r"no SuperNode serves partition-id\(s\) \[1\] after 20 s"):
+            run_flower(again, QuietProgress(), FlowerOptions(superlink=deployment.address, nodes_timeout=20))
     assert killed.is_set()
     # client c lives on SuperNode c % 3: the round finished with clients 0 and 2
     [line] = session.run.read_metrics()
