@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -52,14 +51,14 @@ def up(
     home: Optional[Path] = HOME_OPTION,
 ) -> None:
     """Start a SuperLink and N SuperNodes in the background and wait until the nodes are online."""
-    from pipelines.engines.flower.deployment import STATE_FILE, LoopbackDeployment
+    from pipelines.engines.flower.deployment import STATE_FILE, LoopbackDeployment, default_threads
 
     root = _home(ctx, home)
     if (root / STATE_FILE).is_file() and LoopbackDeployment.attach(root).superlink.alive():
         raise CmiError(f"a deployment recorded in {root} is running; stop it with `cmi flower down` first.")
     ws = workspace(ctx)
     deployment = LoopbackDeployment(root, supernodes, port=port, node_extra={
-        "workspace": str(ws.root), "threads": threads or max(1, (os.cpu_count() or 1) // supernodes),
+        "workspace": str(ws.root), "threads": threads or default_threads(supernodes),
         "any-client": True})
     with console.status(f"starting a SuperLink and {supernodes} SuperNode(s)..."):
         deployment.start(wait_nodes=True)

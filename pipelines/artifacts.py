@@ -90,6 +90,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, canonical_json(obj, indent=2) + "\n")
 
 
+def atomic_write_parquet(path: str | os.PathLike, table: Any) -> None:
+    """Write a pyarrow Table as zstd Parquet, atomically."""
+    import pyarrow.parquet as pq  # late: most callers of this module never write Parquet
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
 # ----------------------------------------------------------------------------- fingerprints
 
 

@@ -40,13 +40,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.artifacts import (
-    MANIFEST_NAME, Artifact, Workspace, atomic_path, atomic_write_json, fingerprint, load_artifact, write_manifest,
+    MANIFEST_NAME, Artifact, Workspace, atomic_write_json, atomic_write_parquet, fingerprint, load_artifact,
+    write_manifest,
 )
 from pipelines.datasets import DATASETS, ave, cremad, crisismmd, manifest, synthetic
 from pipelines.datasets.base import Listing, ModalitySource, Reject, Sample, layout_error
 from pipelines.errors import CmiError
 from pipelines.extractors import MediaError
 from pipelines.extractors.audio import AudioParams, audio_features, fit_duration, load_audio
+# the encoders import torch and transformers only when instantiated
+from pipelines.extractors.image import ImageEncoder, load_image
+from pipelines.extractors.text import TextEncoder, clean_text
 from pipelines.extractors.visual import VisualParams, extract_frames
 from pipelines.shards import REJECTS_FILE, SHARD_DIR, SPLITS, ModalitySpec, build_table, shard_schema, write_shard
 
@@ -172,20 +176,20 @@ def build_listing(
         **{k: given.pop(k) for k in ("clips", "imbalance") if k in given}, seed=given.get("seed", 0)
     )
     raw = Path(root) if root else workspace.root / SYNTHETIC_RAW_DIR
-    generate_synthetic(raw, params, workers=workers, progress=progress)
-    clips = [c.name for c in synthetic.plan_clips(params)]
-    listing = cremad.load(raw, clips=clips, dataset="synthetic", **given)
+    clips = generate_synthetic(raw, params, workers=workers, progress=progress)
+    listing = cremad.load(raw, clips=[c.name for c in clips], dataset="synthetic", **given)
     listing.info["synthetic"] = asdict(params)
     return listing
 
 
 def generate_synthetic(root: Path, params: synthetic.SyntheticParams, *, workers: int = 1,
-                       progress: ProgressHook | None = None) -> None:
-    """Write the synthetic clips into ``root`` (resumes: clips already there are kept)."""
+                       progress: ProgressHook | None = None) -> list[synthetic.ClipPlan]:
+    """Write the synthetic clips into ``root`` (resumes: clips already there are kept); returns
+    every planned clip."""
     clips = synthetic.plan_clips(params)
     todo = synthetic.claim_root(root, params, clips)
     if not todo:
-        return
+        return clips
     progress = progress or ProgressHook()
     progress.start("generating synthetic clips", len(clips), completed=len(clips) - len(todo))
     chunks = [todo[i : i + 16] for i in range(0, len(todo), 16)]
@@ -194,6 +198,7 @@ def generate_synthetic(root: Path, params: synthetic.SyntheticParams, *, workers
             progress.advance(done)
     finally:
         progress.stop()
+    return clips
 
 
 def _write_clips(task: tuple[Path, synthetic.SyntheticParams, list[synthetic.ClipPlan]]) -> int:
@@ -229,8 +234,6 @@ def resolve_specs(listing: Listing, features: FeatureOptions) -> list[ModalitySp
             size = features.image_size
             specs.append(ModalitySpec(modality.name, "image", (size, size, 3), "uint8", {"image_size": size}))
         elif modality.source == "image":
-            from pipelines.extractors.image import ImageEncoder  # torch + transformers: imported only when needed
-
             model = model_params(features.image_model)
             dim = _encoder(ImageEncoder, model["model"]).dim
             specs.append(ModalitySpec(modality.name, "embedding", (dim,), "float32",
@@ -244,8 +247,6 @@ def resolve_specs(listing: Listing, features: FeatureOptions) -> list[ModalitySp
                     "AutoTokenizer.from_pretrained('bert-base-uncased').save_pretrained(DIR); cmi never downloads "
                     f"models). Or leave the text out: --modalities {','.join(m.name for m in listing.modalities if m.source != 'text')}."
                 )
-            from pipelines.extractors.text import TextEncoder  # torch + transformers: imported only when needed
-
             model = model_params(features.text_model)
             dim = _encoder(TextEncoder, model["model"], features.text_max_length).dim
             specs.append(ModalitySpec(modality.name, "embedding", (dim,), "float32",
@@ -329,8 +330,6 @@ def extract_shard(task: ShardTask) -> ShardOutcome:
     samples = task.samples
     texts = None
     if task.with_text:
-        from pipelines.extractors.text import clean_text  # the module imports torch + transformers
-
         texts = [clean_text(s.text) if s.text is not None else None for s in samples]
     extracted = {src.name: _EXTRACTORS[src.source](samples, src.name, spec, texts) for src, spec in zip(task.sources, task.specs)}
     for spec in task.specs:
@@ -415,8 +414,6 @@ def _extract_frames(samples: Sequence[Sample], name: str, spec: ModalitySpec, te
 
 
 def _extract_image(samples: Sequence[Sample], name: str, spec: ModalitySpec, texts: Any) -> _Extracted:
-    from pipelines.extractors.image import ImageEncoder, load_image  # torch + transformers
-
     size = spec.params["image_size"]
     pixels = _read_each(samples, name, lambda s, p: load_image(p, size), (size, size, 3), "uint8")
     if spec.kind == "image":
@@ -429,8 +426,6 @@ def _extract_image(samples: Sequence[Sample], name: str, spec: ModalitySpec, tex
 
 
 def _extract_text(samples: Sequence[Sample], name: str, spec: ModalitySpec, texts: list[str | None]) -> _Extracted:
-    from pipelines.extractors.text import TextEncoder  # torch + transformers
-
     out = _Extracted(np.zeros((len(samples), *spec.shape), np.float32), np.zeros(len(samples), dtype=bool))
     for i, text in enumerate(texts):
         if text is not None and not text:
@@ -447,9 +442,8 @@ _EXTRACTORS = {"audio": _extract_audio, "frames": _extract_frames, "image": _ext
 
 
 def write_rejects(rejects: Sequence[Reject], path: Path) -> None:
-    table = pa.Table.from_pylist([asdict(r) for r in rejects], schema=REJECTS_SCHEMA)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    """Write reject rows atomically (zstd Parquet, like a shard)."""
+    atomic_write_parquet(path, pa.Table.from_pylist([asdict(r) for r in rejects], schema=REJECTS_SCHEMA))
 
 
 # ----------------------------------------------------------------------------- process pool
@@ -595,12 +589,13 @@ def prepare_listing(
     if not listing.samples:
         raise CmiError(f"{listing.dataset} at {listing.root} lists no usable sample; check --root and the split files.")
     specs = resolve_specs(listing, features)
+    with_text = listing.has_text
     plan = {
         "format": PLAN_FORMAT,
         "dataset": listing.dataset,
         "classes": listing.classes,
         "modalities": [s.to_dict() for s in specs],
-        "with_text": listing.has_text,
+        "with_text": with_text,
         "shard_size": run.shard_size,
         "samples": fingerprint([s.to_dict() for s in listing.samples]),
         "loader_rejects": fingerprint([asdict(r) for r in listing.rejects]),
@@ -608,7 +603,7 @@ def prepare_listing(
     plan_fp = fingerprint(plan)
     if run.force and directory.exists():
         shutil.rmtree(directory)
-    state = _claim(directory, plan, name)
+    state = _claim(directory, plan, plan_fp, name)
     if state == "complete":
         artifact = load_artifact(directory, "dataset")
         workspace.set_latest("dataset", name)
@@ -616,25 +611,26 @@ def prepare_listing(
 
     tasks = [
         ShardTask(k, tuple(listing.samples[start : start + run.shard_size]), tuple(listing.modalities), tuple(specs),
-                  listing.has_text, str(directory))
+                  with_text, str(directory))
         for k, start in enumerate(range(0, len(listing.samples), run.shard_size))
     ]
-    finished = [t for t in tasks if _shard_finished(directory, t)]
-    finished_ids = {t.index for t in finished}
-    todo = [t for t in tasks if t.index not in finished_ids]
-    done_kept = sum(pq.read_metadata(directory / t.shard_rel).num_rows for t in finished)
+    kept_rows = {t.index: _finished_rows(directory, t) for t in tasks}  # shard -> kept samples, None: to do
+    finished = [t for t in tasks if kept_rows[t.index] is not None]
+    todo = [t for t in tasks if kept_rows[t.index] is None]
+    done_kept = sum(kept_rows[t.index] for t in finished)
     done_samples = sum(len(t.samples) for t in finished)
     if todo:
         progress.start(f"preparing {name}", len(listing.samples), completed=done_samples, kept=done_kept,
                        dropped=done_samples - done_kept)
         try:
             for outcome in run_tasks(extract_shard, todo, run.workers):
+                kept_rows[outcome.index] = outcome.kept
                 progress.advance(outcome.samples, kept=outcome.kept, dropped=outcome.dropped)
         finally:
             progress.stop()
 
     # shards whose every sample was rejected are left out of the dataset (their files only mark them done)
-    shard_files = [t.shard_rel for t in tasks if pq.read_metadata(directory / t.shard_rel).num_rows > 0]
+    shard_files = [t.shard_rel for t in tasks if kept_rows[t.index] > 0]
     rejects = list(listing.rejects)
     for task in tasks:
         rejects += [Reject(**row) for row in pq.read_table(directory / task.rejects_rel).to_pylist()]
@@ -666,7 +662,7 @@ def prepare_listing(
             "present": summary.present,
             "root": str(listing.root),
             "split_method": listing.info.get("split"),
-            "text_column": listing.has_text,
+            "text_column": with_text,
         },
     )
     shutil.rmtree(directory / REJECT_PARTS_DIR, ignore_errors=True)
@@ -674,10 +670,9 @@ def prepare_listing(
     return PrepareResult(load_artifact(directory, "dataset"), summary, shards_skipped=len(finished))
 
 
-def _claim(directory: Path, plan: dict[str, Any], name: str) -> str:
-    """Check the output folder against this plan: "complete" (same plan, finished), "resume"
-    (same plan, unfinished, or new). A different plan is refused with the fix."""
-    plan_fp = fingerprint(plan)
+def _claim(directory: Path, plan: dict[str, Any], plan_fp: str, name: str) -> str:
+    """Check the output folder against this plan (``plan_fp`` its fingerprint): "complete" (same
+    plan, finished), "resume" (same plan, unfinished, or new). A different plan is refused with the fix."""
     plan_path = directory / PLAN_FILE
     if (directory / MANIFEST_NAME).is_file():
         previous = load_artifact(directory, "dataset").manifest.get("inputs", {}).get("listing")
@@ -701,16 +696,16 @@ def _claim(directory: Path, plan: dict[str, Any], name: str) -> str:
     return "resume"
 
 
-def _shard_finished(directory: Path, task: ShardTask) -> bool:
-    """A shard is finished when its (atomically written) file exists and reads as Parquet."""
+def _finished_rows(directory: Path, task: ShardTask) -> int | None:
+    """The row count of a finished shard, None if unfinished. A shard is finished when its
+    rejects part and its (atomically written) file exist and the file reads as Parquet."""
     path = directory / task.shard_rel
     if not path.is_file() or not (directory / task.rejects_rel).is_file():
-        return False
+        return None
     try:
-        pq.read_metadata(path)
+        return pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowException):
-        return False
-    return True
+        return None
 
 
 def _summarize(directory: Path, listing: Listing, shard_files: list[str], specs: list[ModalitySpec]) -> Summary:

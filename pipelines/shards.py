@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.artifacts import Artifact, ArtifactError, atomic_path
+from pipelines.artifacts import Artifact, ArtifactError, atomic_write_parquet
 
 SPLITS = ("train", "val", "test")
 SHARD_DIR = "shards"
@@ -109,8 +109,7 @@ def build_table(
 
 def write_shard(table: pa.Table, path: str | Path) -> None:
     """Write one shard atomically (zstd)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    atomic_write_parquet(path, table)
 
 
 def modality_specs(dataset: Artifact) -> list[ModalitySpec]:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.artifacts import (
-    PARTITION_ASSIGNMENTS, PARTITION_CLIENTS, Artifact, ArtifactError, atomic_path,
+    PARTITION_ASSIGNMENTS, PARTITION_CLIENTS, Artifact, ArtifactError, atomic_write_parquet,
 )
 
 _RECREATE = "re-create it with `cmi partition ... --force`"
@@ -33,16 +33,11 @@ class PartitionData:
     num_clients: int
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
 def write_assignments(path: Path, ids: pa.Array, client: np.ndarray, available: dict[str, np.ndarray]) -> None:
     """assignments.parquet: id, client int32, one bool column per modality."""
     columns = {"id": ids.cast(pa.string()), "client": pa.array(client, pa.int32())}
     columns.update({m: pa.array(mask, pa.bool_()) for m, mask in available.items()})
-    _write(pa.table(columns), path)
+    atomic_write_parquet(path, pa.table(columns))
 
 
 def write_clients(
@@ -57,7 +52,7 @@ def write_clients(
         "group": pa.array(groups if groups is not None else [None] * num_clients, pa.string()),
     }
     columns.update({m: pa.array(held, pa.bool_()) for m, held in client_modalities.items()})
-    _write(pa.table(columns), path)
+    atomic_write_parquet(path, pa.table(columns))
 
 
 def _read(artifact: Artifact, relpath: str, columns: list[str]) -> pa.Table:

@@ -18,7 +18,7 @@ from pipelines.artifacts import Artifact, Workspace
 from pipelines.errors import CmiError
 from pipelines.fl import ClientData, TrainPool
 from pipelines.partitioning import read_partition
-from pipelines.shards import ModalitySpec, modality_specs, shard_paths
+from pipelines.shards import ModalitySpec, modality_specs, shard_paths, tensor_column
 
 EVAL_SPLITS = ("val", "test")
 
@@ -164,7 +164,7 @@ def _read_split(dataset: Artifact, specs: list[ModalitySpec], split: str, *, ord
             continue
         shard = pq.read_table(path, columns=[s.name for s in specs], filters=_split_filter(split))
         for spec in specs:
-            payload = shard.column(spec.name).combine_chunks().to_numpy_ndarray()
+            payload = tensor_column(shard, spec.name)
             inputs[spec.name][rows[take]] = payload if take.all() else payload[take]
         del shard
     return order, _SplitArrays(inputs, present, labels)

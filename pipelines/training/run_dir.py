@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pipelines.artifacts import (
     MANIFEST_NAME, RUN_CHECKPOINTS_DIR, RUN_CONFIG, RUN_METRICS, RUN_PREDICTIONS_DIR, Artifact,
-    ArtifactError, atomic_path, atomic_write_json, canonical_json, load_artifact, update_manifest,
-    write_manifest,
+    ArtifactError, atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text, canonical_json,
+    load_artifact,
+    update_manifest, write_manifest,
 )
 
 LAST_CHECKPOINT = "last.safetensors"
@@ -115,8 +115,7 @@ class RunDirectory:
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue
-        with atomic_path(self.metrics_file) as tmp:
-            tmp.write_text("".join(kept), encoding="utf-8")
+        atomic_write_text(self.metrics_file, "".join(kept))
 
     # ------------------------------------------------------------------ predictions
 
@@ -141,10 +140,8 @@ class RunDirectory:
         return self._write_table(f"clients-{which}.parquet", columns, round_)
 
     def _write_table(self, filename: str, columns: dict[str, pa.Array], round_: int) -> Path:
-        table = pa.table(columns).replace_schema_metadata({"round": str(round_)})
         path = self.path / RUN_PREDICTIONS_DIR / filename
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        atomic_write_parquet(path, pa.table(columns).replace_schema_metadata({"round": str(round_)}))
         return path
 
     # ------------------------------------------------------------------ checkpoints

@@ -71,8 +71,7 @@ class TrainingSession:
         self.eval_model = self._initial_model().to(device)
         self.global_state: State = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
         self.client_states: dict[int, State] = {}
-        self.model_modalities = tuple(getattr(self.eval_model, "modalities", data.modalities))
-        self.selection = selection_path(self.model_modalities)
+        self.selection = selection_path(self.eval_model.modalities)
         self.rounds_done = 0
         self.best_round: int | None = None
         self.best_score: float | None = None

@@ -61,6 +61,16 @@ def flower_environment(home: Path) -> dict[str, str]:
     return env
 
 
+def script(name: str) -> str:
+    """The path of console script ``name`` (``flwr``, ``flower-superlink``...) beside this interpreter."""
+    return str(Path(sys.executable).parent / name)
+
+
+def default_threads(supernodes: int) -> int:
+    """Torch threads per SuperNode when ``supernodes`` of them share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // supernodes)
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = []
@@ -207,7 +217,7 @@ class FlowerControl:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> str:
         """Run ``flwr ARGS`` and return its stdout; a failure is a CmiError with its output."""
-        argv = [str(Path(sys.executable).parent / "flwr"), *args]
+        argv = [script("flwr"), *args]
         try:
             done = subprocess.run(argv, env=self.env, cwd=self.home, capture_output=True, text=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
@@ -270,9 +280,8 @@ class FlowerControl:
         """``flwr log RUN --stream`` into ``log`` in the background (it exits when the run ends)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            return subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "log", str(run_id), CONNECTION,
-                                     "--stream"], env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen([script("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=self.env,
+                                    cwd=self.home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_for_run(self, run_id: int, timeout: float | None = None, poll: float = 2.0) -> dict[str, Any]:
         """Poll until run ``run_id`` is finished (any outcome) and return its ``flwr list`` info."""
@@ -291,7 +300,7 @@ class FlowerControl:
 
 def node_config(index: int, count: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The node config of SuperNode ``index`` of ``count``: ``partition-id`` / ``num-partitions``
-    (which clients it hosts, see :func:`pipelines.engines.flower.placement.hosted_clients`) plus
+    (which clients it hosts, see :func:`pipelines.engines.flower.protocol.hosted_clients`) plus
     ``extra`` keys (e.g. ``workspace``, ``threads``)."""
     return {"partition-id": index, "num-partitions": count, **(extra or {})}
 
@@ -352,7 +361,7 @@ class LoopbackDeployment:
         try:
             env = self.control.env
             self.superlink = _start("superlink", [
-                str(Path(sys.executable).parent / "flower-superlink"), "--insecure", "--host", LOOPBACK,
+                script("flower-superlink"), "--insecure", "--host", LOOPBACK,
                 "--port", str(self.port), "--disable-runtime-dependency-installation",
                 *(["--simulation"] if self.simulation else []),
             ], env, self.home, self.logs / "superlink.log")
@@ -360,7 +369,7 @@ class LoopbackDeployment:
             for i, node_port in enumerate(self.node_ports):
                 config = write_toml(self.home / f"node-{i}.toml", node_config(i, self.supernodes, self.node_extra))
                 self.nodes.append(_start(f"supernode-{i}", [
-                    str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink", self.address,
+                    script("flower-supernode"), "--insecure", "--superlink", self.address,
                     "--host", LOOPBACK, "--port", str(node_port), "--node-config", str(config),
                 ], env, self.home, self.logs / f"supernode-{i}.log"))
             self.save_state()
@@ -383,10 +392,6 @@ class LoopbackDeployment:
                     raise CmiError(f"the SuperLink did not listen on {self.address} within {timeout:.0f} s; "
                                    f"see {self.superlink.log}.") from None
                 time.sleep(0.2)
-
-    @property
-    def processes(self) -> list[FlowerProcess]:
-        return [*self.nodes, *([self.superlink] if self.superlink else [])]
 
     def kill_supernode(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to SuperNode ``index``'s process group (the node, its SuperExec and any

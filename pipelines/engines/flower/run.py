@@ -23,7 +23,7 @@ from pipelines.errors import CmiError
 from pipelines.training.progress import QuietProgress
 from pipelines.training.session import RoundResult, TrainingSession
 
-from pipelines.engines.flower.deployment import COMPLETED, FlowerControl, LoopbackDeployment
+from pipelines.engines.flower.deployment import COMPLETED, FlowerControl, LoopbackDeployment, default_threads
 from pipelines.engines.flower.node_data import write_train_cache
 from pipelines.engines.flower.protocol import FLOWER_DIR, SERVER_ERROR, RunSettings
 from pipelines.engines.flower.strategy import check_min_clients
@@ -92,9 +92,9 @@ def run(session: TrainingSession, progress: QuietProgress, options: FlowerOption
         control = FlowerControl(flower_dir / "control", options.superlink, options.root_certificates)
     else:
         supernodes = options.supernodes or default_supernodes(len(session.clients))
-        threads = max(1, (os.cpu_count() or 1) // supernodes)
         deployment = LoopbackDeployment(flower_dir / ("simulation" if options.simulation else "deployment"),
-                                        supernodes, node_extra={"threads": threads, "any-client": True},
+                                        supernodes, node_extra={"threads": default_threads(supernodes),
+                                                                "any-client": True},
                                         simulation=options.simulation)
         control = deployment.control
     follower = _RoundFollower(session, progress)

@@ -36,7 +36,7 @@ from flwr.supercore import log
 
 from pipelines.errors import CmiError
 from pipelines.training.rounds import TrainingDiverged
-from pipelines.training.session import RoundResult, TrainingSession
+from pipelines.training.session import TrainingSession
 
 from pipelines.engines.flower.protocol import (
     ClientOrder, NodeInfo, balance, decode_divergence, decode_node, decode_updates, encode_train, host_of,
@@ -168,8 +168,7 @@ class CmiStrategy(Strategy):
             )
         updates.sort(key=lambda u: u.cid)
         replied = time.perf_counter()
-        result = self.session.finish_round(server_round, updates, self._started)
-        self._record_failures(result, failed)
+        self.session.finish_round(server_round, updates, self._started, failed)
         done = time.perf_counter()
         log(INFO, "round %d: %d client update(s), failed clients %s, %.1f s (replies after %.1f s, aggregation, "
             "evaluation and checkpoint %.1f s)", server_round, len(updates), failed, done - self._started,
@@ -199,15 +198,6 @@ class CmiStrategy(Strategy):
         if lost:
             self.lost.add(node_id)
             self.nodes = {p: info for p, info in self.nodes.items() if info.node_id != node_id}
-
-    def _record_failures(self, result: RoundResult, failed: list[int]) -> None:
-        """Put this round's failed clients in its metrics line (written by ``finish_round`` with
-        an empty list): the line is replaced through the run directory's own functions."""
-        if not failed or result.record is None:
-            return
-        result.record["failed_clients"] = failed
-        self.session.run.truncate_metrics(result.round - 1)
-        self.session.run.append_metrics(result.record)
 
     # ------------------------------------------------------------------ SuperNodes
 
