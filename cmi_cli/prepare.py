@@ -5,6 +5,8 @@ Examples::
     cmi prepare synthetic                                 # demo data: generate + prepare (~480 clips)
     cmi prepare cremad --root ~/data/CREMA-D              # literature split, 10% of train -> val
     cmi prepare cremad --root ~/data/CREMA-D --split actor --name cremad-actors
+    cmi prepare cremad --root ~/data/CREMA-D --val-by group   # literature test split, actor-disjoint val
+    cmi prepare synthetic --shift 1 --split actor        # actor effects + unseen actors in val and test
     cmi prepare ave --root ~/data/AVE_Dataset --frames 5
     cmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --task humanitarian --text-model ~/models/bert-base-uncased
     cmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --task damage
@@ -27,10 +29,12 @@ from rich.table import Table
 from cmi_cli.common import console, user_errors, workspace
 from pipelines.datasets import DATASETS
 from pipelines.datasets.base import DATA_ROOT_ENV
+from pipelines.datasets.base import VAL_BY
 from pipelines.prepare import (
     DEFAULT_MAX_REJECT_FRACTION, DEFAULT_SHARD_SIZE, FeatureOptions, PrepareResult, ProgressHook, RunOptions,
     Summary, TooManyRejects, build_listing, prepare_listing,
 )
+from pipelines.shards import ModalitySpec, modality_specs
 
 INPUT, SPLIT, DATASET_OPTS, FEATURES, RUN = "Input", "Split", "Dataset-specific", "Features", "Run"
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
@@ -76,9 +80,16 @@ def print_summary(summary: Summary, modalities: list[str]) -> None:
     table.add_column("kept", justify="right")
     for m in modalities:
         table.add_column(f"with {m}", justify="right")
+    groups = summary.groups
+    if groups is not None:
+        table.add_column(f"{summary.group_name}s", justify="right")
     for split, listed in summary.listed.items():
-        table.add_row(split, str(listed), str(summary.kept[split]), *(str(summary.present[m][split]) for m in modalities))
+        group_count = [str(len(groups[split]))] if groups is not None else []
+        table.add_row(split, str(listed), str(summary.kept[split]), *(str(summary.present[m][split]) for m in modalities),
+                      *group_count)
     console.print(table)
+    for note in shared_group_notes(summary):
+        console.print(f"[yellow]{note}[/]")
     if summary.reasons:
         console.print(f"rejects: {summary.dropped} samples dropped, {summary.affected} of {summary.total} with a reject "
                       f"({summary.reject_fraction:.1%}); reasons:")
@@ -91,6 +102,32 @@ def print_summary(summary: Summary, modalities: list[str]) -> None:
         if len(summary.reasons) > 10:
             reasons.add_row("", f"... {len(summary.reasons) - 10} more kinds (see rejects.parquet)", "")
         console.print(reasons)
+
+
+def shared_group_notes(summary: Summary) -> list[str]:
+    """One line for each of val and test that shares groups with train, saying what it means."""
+    def count(n: int) -> str:
+        return f"{n} {summary.group_name}{'' if n == 1 else 's'}"
+
+    noun, shared, notes = summary.group_name, summary.shared_groups, []
+    if shared.get("train/val"):
+        notes.append(f"val shares {count(shared['train/val'])} with train: validation is not {noun}-independent "
+                     f"(the model picked as best on val may just know those {noun}s); --val-by group fixes it")
+    if shared.get("train/test"):
+        fix = "; --split actor keeps them apart" if noun == "actor" else ""
+        notes.append(f"test shares {count(shared['train/test'])} with train: the test score is on {noun}s seen "
+                     f"in training{fix}")
+    return notes
+
+
+def print_modalities(specs: list[ModalitySpec]) -> None:
+    """Each stored modality: name, kind, per-sample shape and dtype."""
+    table = Table(title="modalities", show_edge=False)
+    for column in ("modality", "kind", "shape", "dtype"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(spec.name, spec.kind, "×".join(map(str, spec.shape)), spec.dtype)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -108,6 +145,8 @@ Interrupted runs resume where they stopped (finished shards are kept); re-runnin
 Examples:
   cmi prepare synthetic
   cmi prepare cremad --root ~/data/CREMA-D --split actor --name cremad-actors
+  cmi prepare cremad --root ~/data/CREMA-D --val-by group
+  cmi prepare synthetic --shift 1 --split actor
   cmi prepare ave --root ~/data/AVE_Dataset
   cmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --task informative --text-model ~/models/bert
   cmi prepare manifest --root my-data/manifest.csv"""
@@ -133,15 +172,25 @@ def prepare_command(
         None, "--split", click_type=click.Choice(["literature", "actor"]), show_default=False, rich_help_panel=SPLIT,
         help="cremad/synthetic: `literature` (the split of the modality-imbalance papers, shipped with cmi) or "
              "`actor` (actor-disjoint, seeded). \\[default: literature]"),
+    val_by: Optional[str] = typer.Option(
+        None, "--val-by", click_type=click.Choice(list(VAL_BY)), show_default=False, rich_help_panel=SPLIT,
+        help="How val is carved from train: `random` (class-stratified samples; val then shares the training "
+             "speakers/sites, which fools best-on-val model selection) or `group` (whole groups: cremad/synthetic "
+             "actors, crisismmd events, a manifest's `group` column; seeded, about --val-fraction of the train "
+             "samples, and no val group is in train). --split actor is always `group`. Where the files already give "
+             "val (crisismmd's dev, a manifest's val rows) `group` needs --val-fraction too, and then moves those rows "
+             "to train and re-carves; ave has no groups. \\[default: random; group with --split actor]"),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", show_default=False, rich_help_panel=SPLIT,
-        help="cremad/synthetic/manifest: share of train moved to val, stratified by class (manifest: only when the CSV "
-             "has no val rows); with --split actor, the share of actors in val. \\[default: 0.1]"),
+        help="cremad/synthetic/manifest: share of the train samples moved to val (manifest: only when the CSV has no "
+             "val rows, or with --val-by group); with --split actor, the share of actors in val; crisismmd: only "
+             "with --val-by group. \\[default: 0.1; synthetic with --shift and --split actor: 0.15]"),
     test_fraction: Optional[float] = typer.Option(
         None, "--test-fraction", show_default=False, rich_help_panel=SPLIT,
-        help="cremad/synthetic with --split actor: share of actors in test. \\[default: 0.1]"),
+        help="cremad/synthetic with --split actor: share of actors in test. \\[default: 0.1; synthetic with --shift: 0.25]"),
     seed: Optional[int] = typer.Option(None, "--seed", show_default=False, rich_help_panel=SPLIT,
-                                       help="Seed of the val carve-out / actor split (synthetic: and of the clips). \\[default: 0]"),
+                                       help="Seed of the val carve-out / actor split (synthetic: and of the clips; "
+                                            "crisismmd: only with --val-by group). \\[default: 0]"),
     task: Optional[str] = typer.Option(
         None, "--task", click_type=click.Choice(["informative", "humanitarian", "damage"]), show_default=False,
         rich_help_panel=DATASET_OPTS,
@@ -163,6 +212,15 @@ def prepare_command(
     imbalance: Optional[float] = typer.Option(
         None, "--imbalance", show_default=False, rich_help_panel=DATASET_OPTS,
         help="synthetic: 0 = visual as informative as audio, 1 = visual carries no class information. \\[default: 0.6]"),
+    shift: Optional[float] = typer.Option(
+        None, "--shift", show_default=False, rich_help_panel=DATASET_OPTS,
+        help="synthetic: strength of each actor's own nuisance (pitch offset and timbre of the voice, colour cast and "
+             "look of the face), in units of the class signal. 0 = no actor effects; with --shift 1 --split actor a model "
+             "fits the training actors and generalises worse to unseen ones, as on real data. \\[default: 0]"),
+    actors: Optional[int] = typer.Option(
+        None, "--actors", show_default=False, rich_help_panel=DATASET_OPTS,
+        help="synthetic: draw the clips from this many CREMA-D actors (more clips per actor). "
+             "\\[default: all 91; 24 with --shift > 0]"),
     audio_features: str = typer.Option("stft", "--audio-features", click_type=click.Choice(["stft", "logmel"]),
                                        rich_help_panel=FEATURES,
                                        help="log-magnitude STFT (literature) or log-mel spectrogram."),
@@ -204,7 +262,7 @@ def prepare_command(
         ws, dataset, root,
         {"split": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "task": task,
          "agreed": agreed_labels, "label_column": label_column, "modality": tuple(modality or ()), "clips": clips,
-         "imbalance": imbalance},
+         "imbalance": imbalance, "shift": shift, "actors": actors, "val_by": val_by},
         workers=workers, progress=progress,
     )
     if modalities:
@@ -233,6 +291,7 @@ def report(result: PrepareResult, modalities: list[str]) -> None:
         console.print(f"dataset [bold]{artifact.name}[/] is already prepared (same inputs and parameters); "
                       "nothing to do (--force prepares it again).")
     print_summary(result.summary, modalities)
+    print_modalities(modality_specs(artifact))
     resumed = f", {result.shards_skipped} finished shards reused" if result.shards_skipped else ""
     console.print(
         f"[green]dataset[/] [bold]{artifact.name}[/] at {artifact.path} "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -137,11 +138,11 @@ class ProgressHook:
 
 #: dataset -> the loader options it accepts (the CLI's dataset-specific options)
 DATASET_OPTIONS: dict[str, tuple[str, ...]] = {
-    "cremad": ("split", "val_fraction", "test_fraction", "seed"),
-    "synthetic": ("split", "val_fraction", "test_fraction", "seed", "clips", "imbalance"),
-    "ave": (),
-    "crisismmd": ("task", "agreed", "label_column"),
-    "manifest": ("modality", "val_fraction", "seed"),
+    "cremad": ("split", "val_by", "val_fraction", "test_fraction", "seed"),
+    "synthetic": ("split", "val_fraction", "test_fraction", "seed", "clips", "imbalance", "shift", "actors", "val_by"),
+    "ave": ("val_by",),
+    "crisismmd": ("task", "agreed", "label_column", "val_by", "val_fraction", "seed"),
+    "manifest": ("modality", "val_by", "val_fraction", "seed"),
 }
 
 
@@ -167,14 +168,17 @@ def build_listing(
     if dataset == "cremad":
         return cremad.load(root, **given)
     if dataset == "ave":
-        return ave.load(root)
+        return ave.load(root, **given)
     if dataset == "crisismmd":
         return crisismmd.load(root, **given)
     if dataset == "manifest":
         return manifest.load(root, modalities=given.pop("modality", ()), **given)
     params = synthetic.SyntheticParams(
-        **{k: given.pop(k) for k in ("clips", "imbalance") if k in given}, seed=given.get("seed", 0)
+        **{k: given.pop(k) for k in ("clips", "imbalance", "shift", "actors") if k in given}, seed=given.get("seed", 0)
     )
+    if given.get("split") == "actor" and params.actor_count is not None:
+        for key, value in synthetic.ACTOR_SPLIT_FRACTIONS.items():
+            given.setdefault(key, value)
     raw = Path(root) if root else workspace.root / SYNTHETIC_RAW_DIR
     clips = generate_synthetic(raw, params, workers=workers, progress=progress)
     listing = cremad.load(raw, clips=[c.name for c in clips], dataset="synthetic", **given)
@@ -525,10 +529,34 @@ class Summary:
     dropped: int
     affected: int
     reasons: list[tuple[str, str, int]]
+    #: split -> sorted distinct groups of its kept samples; None when no kept sample has a group
+    groups: dict[str, list[str]] | None = None
+    #: what a group is ("actor", "event", "group"), for messages
+    group_name: str = "group"
 
     @property
     def total(self) -> int:
         return sum(self.listed.values())
+
+    @property
+    def shared_groups(self) -> dict[str, int]:
+        """``"a/b"`` -> how many groups splits a and b share, for each pair of splits (empty without groups)."""
+        if self.groups is None:
+            return {}
+        return {f"{a}/{b}": len(set(self.groups[a]) & set(self.groups[b]))
+                for a, b in itertools.combinations(SPLITS, 2)}
+
+    def group_record(self) -> dict[str, Any]:
+        """The dataset manifest's group entries (empty without groups): ``group_name``, ``groups``
+        (split -> sorted list), ``group_counts`` (split -> number of groups) and ``shared_groups``."""
+        if self.groups is None:
+            return {}
+        return {
+            "group_name": self.group_name,
+            "groups": self.groups,
+            "group_counts": {split: len(names) for split, names in self.groups.items()},
+            "shared_groups": self.shared_groups,
+        }
 
     @property
     def reject_fraction(self) -> float:
@@ -663,6 +691,7 @@ def prepare_listing(
             "root": str(listing.root),
             "split_method": listing.info.get("split"),
             "text_column": with_text,
+            **summary.group_record(),
         },
     )
     shutil.rmtree(directory / REJECT_PARTS_DIR, ignore_errors=True)
@@ -709,16 +738,20 @@ def _finished_rows(directory: Path, task: ShardTask) -> int | None:
 
 
 def _summarize(directory: Path, listing: Listing, shard_files: list[str], specs: list[ModalitySpec]) -> Summary:
-    """Per-split counts read back from the shards and rejects.parquet."""
+    """Per-split counts (and groups) read back from the shards and rejects.parquet."""
     names = [s.name for s in specs]
     listed: Counter = Counter(s.split for s in listing.samples)
     listed.update(r.split for r in listing.rejects)
     kept: Counter = Counter()
     present = {m: Counter() for m in names}
+    groups: dict[str, set[str]] = {s: set() for s in SPLITS}
     for rel in shard_files:
-        table = pq.read_table(directory / rel, columns=["split"] + [f"{m}_present" for m in names])
+        table = pq.read_table(directory / rel, columns=["split", "group"] + [f"{m}_present" for m in names])
         splits = np.asarray(table.column("split").to_pylist(), dtype=object)
         kept.update(splits.tolist())
+        for split, group in zip(splits.tolist(), table.column("group").to_pylist()):
+            if group is not None:
+                groups[split].add(group)
         for m in names:
             mask = table.column(f"{m}_present").to_numpy(zero_copy_only=False)
             present[m].update(splits[mask].tolist())
@@ -736,6 +769,8 @@ def _summarize(directory: Path, listing: Listing, shard_files: list[str], specs:
         dropped=dropped,
         affected=affected,
         reasons=[(m, reason, n) for (m, reason), n in reasons.most_common()],
+        groups={s: sorted(g) for s, g in groups.items()} if any(groups.values()) else None,
+        group_name=listing.group_name,
     )
 
 

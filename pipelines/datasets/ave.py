@@ -14,7 +14,9 @@ Decisions (all visible in ``rejects.parquet``):
 * **Empty event window** (``...&0&0``, one train line): rejected with its reason.
 * **Classes** in order of first appearance in ``Annotations.txt`` (the AVE authors' order).
 * **Group**: none. AVE has no natural client attribute (no uploader, place or recording
-  session); partition it with a Dirichlet split. The category is the label, not a group.
+  session); partition it with a Dirichlet split. The category is the label, not a group. So
+  ``val_by`` (``--val-by``) is refused: val is the release's ``valSet.txt`` as it is, and a
+  group-disjoint val cannot be made.
 * Only the annotated event window is used: audio cut to [start, end] and tiled to 10 s by
   default, frames taken evenly inside the window.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.datasets.base import Listing, ModalitySource, Reject, Sample, layout_error, read_lines, resolve_root
+from pipelines.errors import CmiError
 
 LAYOUT = """\
   ROOT/                          (the unzipped AVE_Dataset folder)
@@ -54,8 +57,16 @@ def parse_line(line: str) -> tuple[str, str, str, float, float]:
     return category, video_id, quality, float(start), float(end)
 
 
-def load(root: str | Path | None, *, dataset: str = "ave") -> Listing:
-    """List AVE's annotated events under ``root`` in split-file order (train, val, test)."""
+def load(root: str | Path | None, *, val_by: str | None = None, dataset: str = "ave") -> Listing:
+    """List AVE's annotated events under ``root`` in split-file order (train, val, test).
+
+    ``val_by`` other than None is a CmiError (see the module docstring)."""
+    if val_by is not None:
+        raise CmiError(
+            f"--val-by does not apply to {dataset}: AVE has no group column (no speaker, uploader or site), so a "
+            "group-disjoint validation split cannot be made, and its val split is the release's valSet.txt, used "
+            "as it is. Drop --val-by."
+        )
     root_path = resolve_root(root, dataset, LAYOUT)
     missing = [name for name in (ANNOTATIONS, *SPLIT_FILES.values()) if not (root_path / name).is_file()]
     if missing:

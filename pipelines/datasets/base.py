@@ -25,6 +25,11 @@ DATA_ROOT_ENV = "CMI_DATA_ROOT"
 #: where a modality's payload comes from: an audio track, video frames, a still image, or text
 SOURCE_KINDS = ("audio", "frames", "image", "text")
 
+#: how validation is carved from train (``--val-by``): class-stratified samples, or whole groups
+VAL_BY = ("random", "group")
+#: the share of train carved out as val when ``--val-fraction`` is not given
+DEFAULT_VAL_FRACTION = 0.1
+
 
 @dataclass(frozen=True)
 class ModalitySource:
@@ -89,6 +94,8 @@ class Listing:
     media_dirs: dict[str, Path] = field(default_factory=dict)
     #: the expected on-disk layout, shown in errors
     layout: str = ""
+    #: what a sample's ``group`` is, for messages ("actor", "event"); samples without groups: unused
+    group_name: str = "group"
 
     @property
     def has_text(self) -> bool:
@@ -142,13 +149,12 @@ def read_lines(path: Path) -> list[str]:
 
 
 def carve_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    """Move a seeded, class-stratified ``fraction`` of the train samples to ``val``.
+    """Move a seeded, class-stratified ``fraction`` of the train samples to ``val`` (``--val-by random``).
 
     Per class, ``round(fraction * n_train_c)`` samples are drawn without replacement with
     ``numpy.random.default_rng(seed)``; the order of ``samples`` is unchanged.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise CmiError(f"--val-fraction must be in [0, 1), got {fraction}.")
+    _check_fraction(fraction)
     if fraction == 0.0:
         return list(samples)
     rng = np.random.default_rng(seed)
@@ -160,6 +166,95 @@ def carve_validation(samples: list[Sample], fraction: float, seed: int) -> list[
         take = int(round(fraction * idx.size))
         to_val[rng.choice(idx, size=take, replace=False)] = True
     return [replace(s, split="val") if v else s for s, v in zip(samples, to_val)]
+
+
+def carve_group_validation(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """Move whole groups of train samples to ``val`` (``--val-by group``), so no val group is in train.
+
+    ``fraction`` is a share of the train *samples*, met as closely as whole groups allow. The
+    distinct groups of the train samples (sorted) are shuffled with
+    ``numpy.random.default_rng(seed).permutation`` and walked in that order: a group joins val when
+    adding its train samples brings val's count strictly closer to ``fraction * n_train`` (and
+    leaves train a group). If no group does (each is at least twice that target), the smallest
+    one (first in the shuffled order among equals) goes to val, so val is never empty. With groups
+    of similar size this is about ``fraction`` of the groups too; with a few uneven ones (CrisisMMD's
+    7 events) the share can be well off. Every train sample of the chosen groups moves to val; val
+    and test samples are left as they are (fold given val rows into train first:
+    :func:`recarve_validation`), and the order of ``samples`` is unchanged. ``fraction`` 0 changes
+    nothing. Deterministic for a given ``seed``.
+
+    Raises CmiError when ``fraction`` is outside [0, 1), a train sample has no group, or train has
+    fewer than two groups.
+    """
+    _check_fraction(fraction)
+    if fraction == 0.0:
+        return list(samples)
+    is_train = np.array([s.split == "train" for s in samples], dtype=bool)
+    train = [s for s in samples if s.split == "train"]
+    ungrouped = [s.id for s in train if s.group is None]
+    if ungrouped:
+        raise CmiError(
+            f"--val-by group needs a group for every train sample, but {len(ungrouped)} of {len(train)} have none "
+            f"(e.g. {ungrouped[0]!r}): give each one (manifest: fill its `group` cell) or use --val-by random."
+        )
+    groups, inverse, sizes = np.unique(np.array([s.group for s in train], dtype=str), return_inverse=True,
+                                       return_counts=True)
+    if groups.size < 2:
+        only = f" ({str(groups[0])!r})" if groups.size else ""
+        raise CmiError(
+            f"--val-by group needs at least two groups in train (one for val, one left for training); train has "
+            f"{groups.size}{only}. Give the samples more groups or use --val-by random."
+        )
+    target = fraction * len(train)
+    order = np.random.default_rng(seed).permutation(groups.size)
+    chosen = np.zeros(groups.size, dtype=bool)
+    taken = 0
+    for g in order:
+        if abs(taken + sizes[g] - target) < abs(taken - target) and taken + sizes[g] < len(train):
+            chosen[g] = True
+            taken += sizes[g]
+    if not chosen.any():
+        chosen[order[np.argmin(sizes[order])]] = True
+    to_val = np.zeros(len(samples), dtype=bool)
+    to_val[is_train] = chosen[inverse.reshape(-1)]
+    return [replace(s, split="val") if v else s for s, v in zip(samples, to_val)]
+
+
+def carve_by(samples: list[Sample], val_by: str, fraction: float, seed: int) -> list[Sample]:
+    """Carve val out of train by ``val_by``: ``random`` (:func:`carve_validation`) or ``group``
+    (:func:`carve_group_validation`)."""
+    carve = carve_group_validation if check_val_by(val_by) == "group" else carve_validation
+    return carve(samples, fraction, seed)
+
+
+def check_val_by(val_by: str | None) -> str | None:
+    """``val_by`` itself if it is None or one of :data:`VAL_BY`; a CmiError otherwise."""
+    if val_by is not None and val_by not in VAL_BY:
+        raise CmiError(f"--val-by must be one of {', '.join(VAL_BY)}, got {val_by!r}.")
+    return val_by
+
+
+def recarve_validation(samples: list[Sample], fraction: float | None, seed: int, *, given: str) -> list[Sample]:
+    """``--val-by group`` on a dataset whose files already give val rows (``given`` names them, e.g.
+    "crisismmd's dev split files"): never done silently.
+
+    Without an explicit ``fraction`` a CmiError says how to keep the given split (drop --val-by) or
+    replace it (add --val-fraction). With one, every val sample moves to train and val is carved from
+    whole groups of that union by :func:`carve_group_validation`; test is untouched.
+    """
+    if fraction is None:
+        raise CmiError(
+            f"{given} already give a validation split, and --val-by group would replace it. Drop --val-by to keep "
+            "it, or pass --val-fraction F as well to move those rows to train and carve val from whole groups "
+            "(about F of the resulting train samples)."
+        )
+    merged = [replace(s, split="train") if s.split == "val" else s for s in samples]
+    return carve_group_validation(merged, fraction, seed)
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise CmiError(f"--val-fraction must be in [0, 1), got {fraction}.")
 
 
 def check_split(value: str, where: str) -> str:

@@ -7,10 +7,14 @@ have CRLF line ends and ``split-stat.csv`` a UTF-8 BOM; they are read as they ar
 * **Classes** keep that split's order, ``NEU HAP SAD FEA DIS ANG`` (label 0..5), so label indices
   match the literature's code.
 * **Validation**: the literature has train/test only, so ``val_fraction`` (default 10%) of the
-  train clips, stratified by emotion, is moved to ``val`` with ``numpy.random.default_rng(seed)``.
+  train clips is moved to ``val`` with ``numpy.random.default_rng(seed)``: by default
+  (``val_by="random"``) stratified by emotion, which puts the training actors in val too; with
+  ``val_by="group"`` whole actors (about ``val_fraction`` of the train clips), so val is
+  actor-disjoint from train (see :func:`~pipelines.datasets.base.carve_group_validation`).
 * **Actor-disjoint split** (``split="actor"``): the 91 actors are shuffled with the seed;
   ``round(test_fraction * 91)`` actors go to test, ``round(val_fraction * 91)`` to val, the rest to
-  train (defaults 10% / 10% / 80%: 9 / 9 / 73 actors).
+  train (defaults 10% / 10% / 80%: 9 / 9 / 73 actors). Val is actor-disjoint by construction, so
+  ``val_by`` is recorded as ``"group"``; ``val_by="random"`` is refused.
 * **Group** = actor id (``"1001"``), for natural (per-speaker) partitions.
 * Samples are ordered by clip name.
 """
@@ -25,7 +29,9 @@ from typing import Collection
 
 import numpy as np
 
-from pipelines.datasets.base import Listing, ModalitySource, Sample, carve_validation, layout_error, read_lines, resolve_root
+from pipelines.datasets.base import (
+    DEFAULT_VAL_FRACTION, Listing, ModalitySource, Sample, carve_by, layout_error, read_lines, resolve_root,
+)
 from pipelines.errors import CmiError
 
 LAYOUT = """\
@@ -70,7 +76,8 @@ def load(
     root: str | Path | None,
     *,
     split: str = "literature",
-    val_fraction: float = 0.1,
+    val_by: str | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = 0.1,
     seed: int = 0,
     clips: Collection[str] | None = None,
@@ -80,12 +87,20 @@ def load(
 
     ``clips`` restricts the listing to those clip names (the synthetic dataset uses it: it
     generates a subset of CREMA-D under the real names). Media files are not opened here.
+    ``val_by`` (None: ``"random"``, or ``"group"`` with ``split="actor"``) says how val is carved
+    from train; ``"random"`` with ``split="actor"`` is a CmiError.
     """
     root_path = resolve_root(root, dataset, LAYOUT)
     if not (root_path / AUDIO_DIR).is_dir() and not (root_path / VIDEO_DIR).is_dir():
         raise layout_error(dataset, root_path, f"neither {AUDIO_DIR}/ nor {VIDEO_DIR}/ is there", LAYOUT)
     if split not in SPLIT_METHODS:
         raise CmiError(f"--split must be one of {', '.join(SPLIT_METHODS)}, got {split!r}.")
+    if split == "actor" and val_by == "random":
+        raise CmiError(
+            "--val-by random does not apply with --split actor: the actor split puts whole actors in val, so val "
+            "is always actor-disjoint from train (--val-by group). Drop --val-by random, or use --split literature "
+            "for a class-stratified random val."
+        )
 
     classes = literature_classes()
     index = {name: i for i, name in enumerate(classes)}
@@ -109,11 +124,13 @@ def load(
         for clip, emo, s in entries
     ]
     if split == "literature":
-        samples = carve_validation(samples, val_fraction, seed)
-        options = {"split": split, "val_fraction": val_fraction, "seed": seed}
+        val_by = val_by or "random"
+        samples = carve_by(samples, val_by, val_fraction, seed)
+        options = {"split": split, "val_by": val_by, "val_fraction": val_fraction, "seed": seed}
     else:
         samples = actor_split(samples, val_fraction, test_fraction, seed)
-        options = {"split": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+        options = {"split": split, "val_by": "group", "val_fraction": val_fraction, "test_fraction": test_fraction,
+                   "seed": seed}
     return Listing(
         dataset=dataset,
         layout=LAYOUT,
@@ -124,6 +141,7 @@ def load(
         info=options,
         defaults={"audio_duration": 3.0},
         media_dirs={"audio": root_path / AUDIO_DIR, "visual": root_path / VIDEO_DIR},
+        group_name="actor",
     )
 
 

@@ -18,6 +18,12 @@ special handling.
   A row with another label is rejected with its reason.
 * ``dev`` is cmi's ``val``; **group** = ``event_name`` (natural per-disaster partitions); sample id
   = ``image_id`` (unique: a tweet with several images gives one sample per image).
+* **Event-disjoint validation**: the release's splits share every event. ``val_by="group"`` with
+  an explicit ``val_fraction`` moves the dev rows to train and carves val from whole events
+  (about ``val_fraction`` of train + dev, seeded by ``seed``; see
+  :func:`~pipelines.datasets.base.carve_group_validation`); without ``val_fraction`` it is a
+  CmiError, since that replaces the official dev split. ``val_by="random"``, or ``val_fraction`` /
+  ``seed`` without ``val_by="group"``, are CmiErrors too: dev is then used as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipelines.datasets.base import Listing, ModalitySource, Reject, Sample, layout_error, resolve_root
+from pipelines.datasets.base import (
+    Listing, ModalitySource, Reject, Sample, check_val_by, layout_error, recarve_validation, resolve_root,
+)
 from pipelines.errors import CmiError
 
 LAYOUT = """\
@@ -92,9 +100,13 @@ def load(
     task: str = "informative",
     agreed: bool = False,
     label_column: str = "label",
+    val_by: str | None = None,
+    val_fraction: float | None = None,
+    seed: int | None = None,
     dataset: str = "crisismmd",
 ) -> Listing:
-    """List CrisisMMD's samples for ``task`` in split-file order (train, val, test)."""
+    """List CrisisMMD's samples for ``task`` in split-file order (train, val, test); ``val_by``,
+    ``val_fraction`` and ``seed`` as in the module docstring."""
     if task not in TASK_CLASSES:
         raise CmiError(f"--task must be one of {', '.join(TASK_CLASSES)}, got {task!r}.")
     if agreed and task in IMAGE_ONLY_TASKS:
@@ -103,6 +115,12 @@ def load(
         raise CmiError(f"--label-column must be one of {', '.join(LABEL_COLUMNS)}, got {label_column!r}.")
     if task in IMAGE_ONLY_TASKS and label_column != "label":
         raise CmiError("the damage task has a single label column; drop --label-column.")
+    if check_val_by(val_by) == "random":
+        raise CmiError("crisismmd's validation split is the release's dev files, used as they are, so --val-by random "
+                       "does not apply: drop it (or use --val-by group --val-fraction F for an event-disjoint val).")
+    if val_by is None and (val_fraction is not None or seed is not None):
+        raise CmiError("--val-fraction and --seed apply to crisismmd only with --val-by group (which replaces the "
+                       "dev split by whole events carved from train); drop them to keep the release's dev split.")
     root_path = release_root(resolve_root(root, dataset, LAYOUT))
     if not (root_path / SPLIT_DIR).is_dir():
         raise layout_error(dataset, root_path, f"{SPLIT_DIR}/ not found", LAYOUT)
@@ -141,6 +159,12 @@ def load(
                 media={"image": image},
                 text=row[col["tweet_text"]] if with_text else None,
             ))
+    info = {"split": "official", "task": task, "agreed_labels": agreed, "label_column": label_column}
+    if val_by == "group":
+        dev = f"crisismmd's dev split files ({SPLIT_DIR}/*_dev.tsv)"
+        samples = recarve_validation(samples, val_fraction, seed or 0, given=dev)
+        info.update(split="official (dev moved to train, val carved by event)", val_by=val_by,
+                    val_fraction=val_fraction, seed=seed or 0)
     modalities = [ModalitySource("image", "image")] + ([ModalitySource("tweet", "text")] if with_text else [])
     return Listing(
         dataset=dataset,
@@ -150,6 +174,7 @@ def load(
         modalities=modalities,
         samples=samples,
         rejects=rejects,
-        info={"split": "official", "task": task, "agreed_labels": agreed, "label_column": label_column},
+        info=info,
         media_dirs={"image": root_path / IMAGE_DIR},
+        group_name="event",
     )

@@ -11,8 +11,15 @@ A modality's kind is inferred from its column: file extensions ``.wav .flac .ogg
 .webp .gif .tif .tiff`` -> ``image``, anything else -> ``text``. ``--modality NAME=KIND`` sets it
 explicitly (and then only the named modalities are used); ``NAME=KIND@COLUMN`` reads another
 column, e.g. ``--modality audio=audio@video --modality visual=frames@video`` takes both the audio
-track and the frames of one video column. Classes are the sorted distinct labels. When the CSV
-has no ``val`` rows, ``val_fraction`` of train (stratified, seeded) becomes ``val``.
+track and the frames of one video column. Classes are the sorted distinct labels.
+
+Validation: when the CSV has no ``val`` rows, ``val_fraction`` (default 0.1) of train becomes
+``val``, seeded: class-stratified (``val_by="random"``, the default) or whole groups
+(``val_by="group"``: no val group is in train; needs a ``group`` on every train row, see
+:func:`~pipelines.datasets.base.carve_group_validation`). When the CSV has ``val`` rows they are
+kept as they are (``val_fraction`` is then unused), except with ``val_by="group"``: that alone is
+a CmiError (cmi does not silently rewrite a given split), and together with an explicit
+``val_fraction`` the val rows move to train and val is carved from whole groups.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipelines.datasets.base import Listing, ModalitySource, Sample, carve_validation, check_split, layout_error, resolve_root
+from pipelines.datasets.base import (
+    DEFAULT_VAL_FRACTION, Listing, ModalitySource, Sample, carve_by, check_split, check_val_by, layout_error,
+    recarve_validation, resolve_root,
+)
 from pipelines.errors import CmiError
 
 LAYOUT = """\
@@ -86,11 +96,15 @@ def load(
     root: str | Path | None,
     *,
     modalities: Sequence[str] = (),
-    val_fraction: float = 0.1,
+    val_by: str | None = None,
+    val_fraction: float | None = None,
     seed: int = 0,
     dataset: str = "manifest",
 ) -> Listing:
-    """List the samples of a user's manifest CSV (``root`` is the CSV or its folder)."""
+    """List the samples of a user's manifest CSV (``root`` is the CSV or its folder).
+
+    ``val_by`` None means ``"random"``; ``val_fraction`` None means 0.1 (see the module docstring
+    for when it applies)."""
     path = csv_path(resolve_root(root, dataset, LAYOUT))
     base = path.parent
     with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -139,9 +153,21 @@ def load(
             media=media,
             text=text,
         ))
-    carved = not any(s.split == "val" for s in samples)
-    if carved:
-        samples = carve_validation(samples, val_fraction, seed)
+    if check_val_by(val_by) == "group" and "group" not in header:
+        raise CmiError(
+            f"{path.name} has no group column, and --val-by group carves val from whole groups: add a `group` "
+            "column (speaker, site, patient, ...), or use --val-by random."
+        )
+    if not any(s.split == "val" for s in samples):
+        val_by = val_by or "random"
+        val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        samples = carve_by(samples, val_by, val_fraction, seed)
+        split = "manifest (val carved from train)"
+    elif val_by == "group":
+        samples = recarve_validation(samples, val_fraction, seed, given=f"{path.name}'s val rows")
+        split = "manifest (val rows moved to train, val carved by group)"
+    else:
+        val_by, val_fraction, split = None, None, "manifest"
     sources = [ModalitySource(o.name, o.kind) for o in chosen]
     return Listing(
         dataset=dataset,
@@ -151,8 +177,9 @@ def load(
         modalities=sources,
         samples=samples,
         info={
-            "split": "manifest" + (" (val carved from train)" if carved else ""),
-            "val_fraction": val_fraction if carved else None,
+            "split": split,
+            "val_by": val_by,
+            "val_fraction": val_fraction,
             "seed": seed,
             "columns": {o.name: o.column for o in chosen},
         },

@@ -21,6 +21,24 @@ So ``imbalance`` sets the gap between the modalities: the visual modality carrie
 class information that a balanced method (FedCMI) can exploit. The figures above are the Bayes
 accuracies of the generating process (pipelines/datasets/synthetic.py: ``bayes_accuracy``).
 
+**Actor shift** (``shift`` S > 0). On real data a weak modality is usually weak because it
+generalises badly to unseen speakers, not because it carries little signal. With S > 0 every
+actor gets its own nuisance, drawn once per actor from the seed:
+
+* voice: a pitch offset (log-normal, sigma ``S * AUDIO_SHIFT_STEPS`` ladder steps) that shifts
+  every clip of the actor along the emotion ladder, and a timbre (harmonic roll-off, an
+  identity cue that carries no class information);
+* face: a colour cast (normal, sigma ``S * FULL_TINT`` per RGB channel, so S = 1 is as large as
+  the whole class tint) plus a look of its own (background colour, face shape), the cue that
+  lets a model recognise the actor.
+
+A model can learn each training actor's offset and cast (the actor is recognisable) and so fits
+the training actors, but on an unseen actor the offset and cast are noise: with ``split="actor"``
+the test accuracy of a modality falls towards its ``unseen`` Bayes accuracy while its training
+accuracy stays near the ``seen`` one (``bayes_accuracy`` gives both). The clips are then drawn
+from ``actors`` actors (default 24 when S > 0: about 30 clips each at 720 clips, enough for a
+model to learn an actor). S = 0 writes exactly the clips of earlier versions.
+
 Clips last 2-3 s (16 kHz 16-bit mono WAV; 160x120 FLV1 video at 10 fps, no audio track).
 Clips are balanced over emotions; about 20% of each emotion's clips are drawn from the
 literature test list, the rest from its train list. Everything derives from ``seed``.
@@ -54,19 +72,43 @@ FULL_TINT = 55.0
 TINT_NOISE = 20.0
 PIXEL_NOISE = 20  # uniform integer noise in [-20, 20] (sigma 11.8)
 MIN_CLIPS = 12
+ALL_ACTORS = 91
+#: sigma of an actor's pitch offset at shift 1, in steps of the emotion ladder
+AUDIO_SHIFT_STEPS = 0.35
+#: actors the clips are drawn from when shift > 0 and ``actors`` is not given
+SHIFT_ACTORS = 24
+#: default shares of actors in test and val for ``split="actor"`` when the clips come from few
+#: actors (CREMA-D's 10% would be 2 of 24 actors: too few to measure generalisation)
+ACTOR_SPLIT_FRACTIONS = {"test_fraction": 0.25, "val_fraction": 0.15}
 
 
 @dataclass(frozen=True)
 class SyntheticParams:
+    """``actors``: how many CREMA-D actors the clips come from (None: every actor when
+    ``shift`` is 0, ``SHIFT_ACTORS`` otherwise)."""
+
     clips: int = 480
     imbalance: float = 0.6
     seed: int = 0
+    shift: float = 0.0
+    actors: int | None = None
 
     def __post_init__(self) -> None:
         if self.clips < MIN_CLIPS:
             raise CmiError(f"--clips must be at least {MIN_CLIPS} (two per emotion), got {self.clips}.")
         if not 0.0 <= self.imbalance <= 1.0:
             raise CmiError(f"--imbalance must be in [0, 1] (0: both modalities equally informative), got {self.imbalance}.")
+        if not self.shift >= 0.0:
+            raise CmiError(f"--shift must be >= 0 (0: no actor effects), got {self.shift}.")
+        if self.actors is not None and not 2 <= self.actors <= ALL_ACTORS:
+            raise CmiError(f"--actors must be between 2 and {ALL_ACTORS} (CREMA-D's actors), got {self.actors}.")
+
+    @property
+    def actor_count(self) -> int | None:
+        """The number of actors the clips are drawn from (None: all, the original plan)."""
+        if self.actors is not None:
+            return self.actors
+        return SHIFT_ACTORS if self.shift > 0 else None
 
 
 @dataclass(frozen=True)
@@ -79,20 +121,60 @@ class ClipPlan:
 
 
 def plan_clips(params: SyntheticParams) -> list[ClipPlan]:
-    """Choose ``params.clips`` real clip names, balanced over emotions, deterministically."""
+    """Choose ``params.clips`` real clip names, balanced over emotions, deterministically: about
+    ``TEST_SHARE`` of each emotion's clips from the literature test list, the rest from its train
+    list, among the clips of ``params.actor_count`` seeded actors (all actors when None)."""
     rng = np.random.default_rng([params.seed, 0])
     classes = cremad.literature_classes()
     split = cremad.literature_split()
+    if params.actor_count is not None:
+        actors = sorted({cremad.parse_clip(clip)["actor"] for clip, _ in split["train"]})
+        keep = {actors[i] for i in np.random.default_rng([params.seed, 3]).choice(len(actors), params.actor_count,
+                                                                                   replace=False)}
+        split = {part: [(c, e) for c, e in rows if cremad.parse_clip(c)["actor"] in keep] for part, rows in split.items()}
     per_class = np.full(len(classes), params.clips // len(classes))
     per_class[: params.clips % len(classes)] += 1
     chosen: list[tuple[str, str]] = []
     for emotion, n in zip(classes, per_class):
-        n_test = int(round(TEST_SHARE * n))
+        names = {part: sorted(clip for clip, emo in split[part] if emo == emotion) for part in ("train", "test")}
+        if n > len(names["train"]) + len(names["test"]):
+            raise CmiError(f"--clips {params.clips} needs {n} {emotion} clips, but the {params.actor_count} actors have "
+                           f"{len(names['train']) + len(names['test'])}: lower --clips or raise --actors.")
+        n_test = min(int(round(TEST_SHARE * n)), len(names["test"]))
+        n_test = max(n_test, n - len(names["train"]))
         for part, take in (("train", n - n_test), ("test", n_test)):
-            names = sorted(clip for clip, emo in split[part] if emo == emotion)
-            chosen += [(names[i], emotion) for i in sorted(rng.choice(len(names), size=take, replace=False))]
+            pool = names[part]
+            chosen += [(pool[i], emotion) for i in sorted(rng.choice(len(pool), size=take, replace=False))]
     chosen.sort()
     return [ClipPlan(name, emotion, i) for i, (name, emotion) in enumerate(chosen)]
+
+
+@dataclass(frozen=True)
+class ActorStyle:
+    """One actor's nuisance (all zero / None when shift is 0): ``pitch`` log-pitch offset,
+    ``rolloff`` harmonic amplitude exponent, ``cast`` RGB colour cast, ``background`` RGB
+    background colour, ``face_scale`` (width, height) of the face ellipse relative to the frame."""
+
+    pitch: float = 0.0
+    rolloff: float = 1.0
+    cast: np.ndarray | None = None
+    background: np.ndarray | None = None
+    face_scale: tuple[float, float] = (0.28, 0.4)
+
+
+def actor_style(params: SyntheticParams, actor: str) -> ActorStyle:
+    """The actor's style, the same in every clip of the actor (seeded by the dataset seed and the
+    actor id); the neutral style when ``shift`` is 0."""
+    if params.shift <= 0:
+        return ActorStyle()
+    rng = np.random.default_rng([params.seed, 2, int(actor)])
+    return ActorStyle(
+        pitch=float(rng.normal(0.0, params.shift * AUDIO_SHIFT_STEPS * np.log(PITCH_RATIO))),
+        rolloff=float(rng.uniform(0.5, 1.5)),
+        cast=rng.normal(0.0, params.shift * FULL_TINT, 3),
+        background=rng.uniform(40, 200, 3),
+        face_scale=(float(rng.uniform(0.2, 0.34)), float(rng.uniform(0.32, 0.46))),
+    )
 
 
 def hue_directions() -> dict[str, np.ndarray]:
@@ -107,30 +189,36 @@ def clip_rng(params: SyntheticParams, clip: ClipPlan) -> np.random.Generator:
     return np.random.default_rng([params.seed, 1, clip.index])
 
 
-def synth_audio(params: SyntheticParams, clip: ClipPlan, rng: np.random.Generator, duration: float) -> np.ndarray:
+def synth_audio(params: SyntheticParams, clip: ClipPlan, rng: np.random.Generator, duration: float,
+                style: ActorStyle = ActorStyle()) -> np.ndarray:
     """The clip's wave, float32 in [-1, 1]."""
     t = np.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
-    f0 = PITCH_BASE_HZ * PITCH_RATIO ** PITCH_RANK[clip.emotion] * np.exp(rng.normal(0.0, PITCH_JITTER))
+    f0 = PITCH_BASE_HZ * PITCH_RATIO ** PITCH_RANK[clip.emotion] * np.exp(rng.normal(0.0, PITCH_JITTER) + style.pitch)
     vibrato = 1.0 + 0.01 * np.sin(2 * np.pi * rng.uniform(4, 6) * t)
     phase = 2 * np.pi * np.cumsum(f0 * vibrato) / SAMPLE_RATE
     harmonics = np.arange(1, 6)[:, None]
-    tone = (np.sin(harmonics * phase[None, :] + rng.uniform(0, 2 * np.pi, (5, 1))) / harmonics).sum(axis=0)
+    tone = (np.sin(harmonics * phase[None, :] + rng.uniform(0, 2 * np.pi, (5, 1))) / harmonics ** style.rolloff).sum(axis=0)
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * rng.uniform(2, 4) * t + rng.uniform(0, 2 * np.pi))
     wave = tone * envelope + rng.normal(0.0, 0.1, t.size)
     return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
 
 
-def synth_frames(params: SyntheticParams, clip: ClipPlan, rng: np.random.Generator, duration: float) -> np.ndarray:
+def synth_frames(params: SyntheticParams, clip: ClipPlan, rng: np.random.Generator, duration: float,
+                 style: ActorStyle = ActorStyle()) -> np.ndarray:
     """The clip's frames, uint8 (T, H, W, 3): background, tinted ellipse, per-frame noise."""
     n_frames = max(1, int(round(duration * FPS)))
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     background = rng.uniform(40, 200, 3) + (x / WIDTH - 0.5)[..., None] * rng.uniform(-40, 40, 3)
     tint = (1.0 - params.imbalance) * FULL_TINT * hue_directions()[clip.emotion] + rng.normal(0.0, TINT_NOISE, 3)
+    if style.cast is not None:
+        # the actor's own background (a little per-clip variation) and colour cast
+        background = background - background.mean(axis=(0, 1)) + style.background + rng.normal(0.0, 6.0, 3)
+        tint = tint + style.cast
     face = rng.uniform(110, 170) + tint
     # the ellipse drifts a little from frame to frame
     drift = np.cumsum(rng.normal(0.0, 1.0, (n_frames, 2)), axis=0).astype(np.float32)
-    dx = (x[None] - WIDTH / 2 - drift[:, 0, None, None]) / (0.28 * WIDTH)
-    dy = (y[None] - HEIGHT / 2 - drift[:, 1, None, None]) / (0.4 * HEIGHT)
+    dx = (x[None] - WIDTH / 2 - drift[:, 0, None, None]) / (style.face_scale[0] * WIDTH)
+    dy = (y[None] - HEIGHT / 2 - drift[:, 1, None, None]) / (style.face_scale[1] * HEIGHT)
     inside = dx * dx + dy * dy <= 1.0
     base = np.rint(background).astype(np.int16)
     frames = base + inside[..., None] * (np.rint(face).astype(np.int16) - base)
@@ -141,9 +229,10 @@ def synth_frames(params: SyntheticParams, clip: ClipPlan, rng: np.random.Generat
 def write_clip(root: Path, params: SyntheticParams, clip: ClipPlan) -> None:
     """Write the clip's WAV and FLV atomically (the same bytes for the same params)."""
     rng = clip_rng(params, clip)
+    style = actor_style(params, cremad.parse_clip(clip.name)["actor"])
     duration = float(rng.uniform(2.0, 3.0))
-    wave = synth_audio(params, clip, rng, duration)
-    frames = synth_frames(params, clip, rng, duration)
+    wave = synth_audio(params, clip, rng, duration, style)
+    frames = synth_frames(params, clip, rng, duration, style)
     with atomic_path(root / cremad.AUDIO_DIR / f"{clip.name}.wav") as tmp:
         soundfile.write(str(tmp), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     with atomic_path(root / cremad.VIDEO_DIR / f"{clip.name}.flv") as tmp:
@@ -191,17 +280,24 @@ def claim_root(root: Path, params: SyntheticParams, clips: list[ClipPlan]) -> li
     return [c for c in clips if not clip_done(root, c)]
 
 
-def bayes_accuracy(params: SyntheticParams, n: int = 200_000, seed: int = 0) -> dict[str, float]:
+def bayes_accuracy(params: SyntheticParams, n: int = 200_000, seed: int = 0, unseen: bool = False) -> dict[str, float]:
     """Accuracy of the best classifier of each modality's latent signature (pitch / mean face tint),
-    estimated by simulating the generating process: the ceiling a model can reach per modality."""
+    estimated by simulating the generating process: the ceiling a model can reach per modality.
+
+    ``unseen=False``: for an actor whose pitch offset and colour cast are known (a training actor
+    the model has learnt); ``unseen=True``: for a new actor, whose offset and cast are unknown
+    noise (nearest-centre rule: the classes' centres are equally spread, so it stays the best
+    guess). Both are the same when ``shift`` is 0."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 6, n)
     ladder = np.log(PITCH_RATIO) * np.arange(6)
     rank = np.array([PITCH_RANK[e] for e in cremad.literature_classes()])
-    pitch = ladder[rank[labels]] + rng.normal(0.0, PITCH_JITTER, n)
+    pitch_noise = np.hypot(PITCH_JITTER, params.shift * AUDIO_SHIFT_STEPS * np.log(PITCH_RATIO)) if unseen else PITCH_JITTER
+    pitch = ladder[rank[labels]] + rng.normal(0.0, pitch_noise, n)
     audio_label = np.argsort(rank)[np.abs(pitch[:, None] - ladder[None, :]).argmin(axis=1)]
     centres = (1.0 - params.imbalance) * FULL_TINT * np.stack(list(hue_directions().values()))
-    tint = centres[labels] + rng.normal(0.0, TINT_NOISE, (n, 3))
+    tint_noise = np.hypot(TINT_NOISE, params.shift * FULL_TINT) if unseen else TINT_NOISE
+    tint = centres[labels] + rng.normal(0.0, tint_noise, (n, 3))
     visual = ((tint[:, None, :] - centres[None]) ** 2).sum(axis=-1).argmin(axis=1)
     if params.imbalance == 1.0:
         visual = rng.integers(0, 6, n)  # all centres coincide: any guess is as good

@@ -48,7 +48,7 @@ def test_actor_split_is_disjoint_with_documented_fractions(root):
     actors = {split: {s.group for s in listing.samples if s.split == split} for split in ("train", "val", "test")}
     assert [len(actors[s]) for s in ("train", "val", "test")] == [73, 9, 9]
     assert not (actors["train"] & actors["val"]) and not (actors["train"] & actors["test"]) and not (actors["val"] & actors["test"])
-    assert listing.info == {"split": "actor", "val_fraction": 0.1, "test_fraction": 0.1, "seed": 3}
+    assert listing.info == {"split": "actor", "val_by": "group", "val_fraction": 0.1, "test_fraction": 0.1, "seed": 3}
     other = cremad.load(root, split="actor", seed=4)
     assert {s.group for s in other.samples if s.split == "test"} != actors["test"]
     with pytest.raises(CmiError, match="--test-fraction"):

@@ -49,7 +49,7 @@ def test_synthetic_prepares_into_a_valid_dataset(tmp_path, synthetic_raw):
     assert m["shards"] == [f"shards/part-{k:05d}.parquet" for k in range(4)]  # 30 samples, 8 per shard
     assert sum(m["counts"].values()) == CLIPS and m["rejects"] == 0 and m["samples_with_rejects"] == 0
     assert m["counts"] == {"train": 18, "val": 6, "test": 6}
-    assert m["params"]["split"] == "literature" and m["params"]["synthetic"] == {"clips": 30, "imbalance": 0.6, "seed": 0}
+    assert m["params"]["split"] == "literature" and m["params"]["synthetic"] == {"clips": 30, "imbalance": 0.6, "seed": 0, "shift": 0.0, "actors": None}
     assert pq.read_table(art.path / "rejects.parquet").num_rows == 0
     assert (art.path / PLAN_FILE).is_file() and not (art.path / REJECT_PARTS_DIR).exists()
 
