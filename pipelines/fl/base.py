@@ -176,9 +176,11 @@ def average_groups(global_state: State, updates: list[ClientUpdate], groups: dic
 class FedAvg:
     """Federated averaging with the shared multimodal objective, the base of every method.
 
-    ``client_update`` and ``aggregate`` are pure: all state comes in as arguments and goes out in
-    the result (a fresh model is built per call), so the local engine and a Flower ClientApp /
-    ServerApp call them alike.
+    ``client_update`` and ``aggregate`` are pure: the result depends only on the arguments, so the
+    local engine and a Flower ClientApp / ServerApp call them alike. The method keeps one model on
+    its device to train in (built once, by ``model_factory``): each ``client_update`` loads the
+    state it starts from into it and returns copies, never views of it. One call at a time per
+    method instance (not re-entrant).
 
     Local training: SGD (TrainConfig) for ``local_epochs`` over the client's rows that have at least
     one of the model's modalities, in mini-batches from ``TrainPool.batches`` shuffled by a
@@ -209,9 +211,9 @@ class FedAvg:
         self.train = train
         self.hparams = hparams
         self.device = torch.device(device)
-        template = model_factory()
-        self.modalities = template.modalities
-        self.groups = template.parameter_groups()
+        self.model = model_factory().to(self.device)
+        self.modalities = self.model.modalities
+        self.groups = self.model.parameter_groups()
         self.param_groups = {key: group for group, keys in self.groups.items() for key in keys}
 
     @classmethod
@@ -253,7 +255,7 @@ class FedAvg:
         if rows.shape[0] == 0:
             return ClientUpdate(cid=client.cid, num_samples=0, state=global_state, trained_groups=set(),
                                 metrics={"loss": 0.0}, client_state=client_state)
-        model = self.model_factory().to(self.device)
+        model = self.model
         model.load_state_dict(client_state if client_state is not None else global_state)
         ctx = self.prepare_round(model, global_state, pool, rows, client, round_idx)
         model.train()
@@ -281,7 +283,7 @@ class FedAvg:
 
     def _update(self, client: ClientData, rows: np.ndarray, model: MultimodalNet, trained: set[str],
                 loss: float, ctx: RoundContext) -> ClientUpdate:
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # the model is reused
         return ClientUpdate(cid=client.cid, num_samples=int(rows.shape[0]), state=state, trained_groups=trained,
                             metrics={"loss": loss, **ctx.metrics})
 

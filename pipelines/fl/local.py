@@ -10,10 +10,11 @@ class Local(FedAvg):
 
     ``federated = False``. A client's model starts from the initial global model on its first
     participation (``client_state=None``) and from its ``client_state`` afterwards; the update's
-    ``client_state`` is its trained model, which the engine keeps (and checkpoints) per client and
-    passes back the next time the client is sampled. The optimizer (momentum) restarts every round,
-    as for every method. ``aggregate`` returns the global state unchanged: the global model stays
-    the initial one and is not a result.
+    ``client_state`` is its trained model on the CPU whatever the training device (the engine keeps
+    and checkpoints one per client, so device memory does not grow with the clients; the update's
+    ``state`` is the same CPU copy), passed back the next time the client is sampled. The
+    optimizer (momentum) restarts every round, as for every method. ``aggregate`` returns the
+    global state unchanged: the global model stays the initial one and is not a result.
 
     Evaluation (engine): every client's own model (its last ``client_state``, or the initial global
     model for a client never sampled) on the test set — one prediction row per (client model, test
@@ -28,7 +29,7 @@ class Local(FedAvg):
                       client_state: State | None = None) -> ClientUpdate:
         update = super().client_update(global_state, pool, client, round_idx, seed, client_state)
         if update.num_samples:
-            update.client_state = update.state
+            update.state = update.client_state = {k: v.cpu() for k, v in update.state.items()}
         return update
 
     def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:

@@ -1,8 +1,9 @@
 """The data of a training run: a partition, the dataset it was made from, loaded once.
 
-Payloads are read shard by shard into one preallocated array per modality and split (uint8
-stays uint8), so peak memory is the loaded data plus one shard. Simulated clients hold only
-index arrays into the train pool.
+Every shard is read once, for all three splits: its rows go straight into one preallocated array
+per modality and split (uint8 stays uint8; the split sizes come from the dataset manifest's
+``counts``), so peak memory is the loaded data plus one shard. Simulated clients hold only index
+arrays into the train pool.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipelines.artifacts import Artifact, Workspace
+from pipelines.artifacts import Artifact, ArtifactError, Workspace
 from pipelines.errors import CmiError
 from pipelines.fl import ClientData, TrainPool
-from pipelines.partitioning import read_partition
 from pipelines.shards import ModalitySpec, modality_specs, shard_paths, tensor_column
 
 EVAL_SPLITS = ("val", "test")
@@ -72,17 +72,19 @@ def load_training_data(workspace: Workspace, partition_ref: str | None = None) -
             f"partition {partition.name} was made from another version of dataset {dataset_name} "
             f"(the dataset was re-prepared since); run `cmi partition` again on the current dataset."
         )
+    # late: pipelines.partitioning imports scipy, which a Flower ClientApp (this module, not this function) never needs
+    from pipelines.partitioning import read_partition
+
     specs = modality_specs(dataset)
     parts = read_partition(partition)
-    train_ids, train_arrays = _read_split(dataset, specs, "train", order=parts.ids, partition_name=partition.name)
+    read = _read_splits(dataset, specs, parts.ids, partition.name)
+    train_ids, train_arrays = read["train"]
     present = {m: train_arrays.present[m] & np.asarray(parts.available[m], dtype=bool) for m in train_arrays.present}
     client = np.asarray(parts.client, dtype=np.int32)
     modalities = tuple(s.name for s in specs)
     client_modalities = {m: np.asarray(parts.client_modalities[m], dtype=bool) for m in modalities}
-    splits = {}
-    for split in EVAL_SPLITS:
-        ids, arrays = _read_split(dataset, specs, split)
-        splits[split] = SampleSet(ids, arrays.to_pool(arrays.present))
+    splits = {split: SampleSet(ids, arrays.to_pool(arrays.present))
+              for split, (ids, arrays) in read.items() if split != "train"}
     return TrainingData(
         dataset=dataset,
         partition=partition,
@@ -122,65 +124,74 @@ class _SplitArrays:
         )
 
 
-def _split_filter(split: str) -> list:
-    return [("split", "=", split)]
-
-
-def _read_split(dataset: Artifact, specs: list[ModalitySpec], split: str, *, order: np.ndarray | None = None,
-                partition_name: str = "") -> tuple[np.ndarray, _SplitArrays]:
-    """Read one split of the dataset. With ``order`` (ids), only those rows are kept, placed in
-    that order (a partition may leave out train samples that have no modality); otherwise all
-    rows in dataset order."""
-    paths = shard_paths(dataset)
-    present_cols = [f"{s.name}_present" for s in specs]
-    heads = [pq.read_table(p, columns=["id", "label", *present_cols], filters=_split_filter(split)) for p in paths]
-
-    def concat(name: str) -> np.ndarray:
-        return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in heads])
-
-    ids = concat("id").astype(str)
-    if order is None:
-        order, dest = ids, np.arange(len(ids))
-    else:
-        order = np.asarray(order).astype(str)
-        dest = _positions(ids, order, dataset.name, partition_name)
-    kept = dest >= 0
-    n = len(order)
-
-    def column(name: str, dtype) -> np.ndarray:
-        out = np.empty(n, dtype=dtype)
-        out[dest[kept]] = concat(name)[kept]
-        return out
-
-    labels = column("label", np.int32)
-    present = {s.name: column(f"{s.name}_present", bool) for s in specs}
-    inputs = {s.name: np.empty((n, *s.shape), dtype=np.dtype(s.dtype)) for s in specs}
-    offset = 0
-    for path, head in zip(paths, heads):
-        rows = dest[offset:offset + head.num_rows]
-        offset += head.num_rows
-        take = rows >= 0
-        if not take.any():
-            continue
-        shard = pq.read_table(path, columns=[s.name for s in specs], filters=_split_filter(split))
-        for spec in specs:
-            payload = tensor_column(shard, spec.name)
-            inputs[spec.name][rows[take]] = payload if take.all() else payload[take]
+def _read_splits(dataset: Artifact, specs: list[ModalitySpec], train_order: np.ndarray,
+                 partition_name: str) -> dict[str, tuple[np.ndarray, _SplitArrays]]:
+    """Split -> (ids, arrays) for ``train`` and the :data:`EVAL_SPLITS`, reading every shard once.
+    Train keeps only the rows of ``train_order`` (ids; a partition may leave out train samples
+    that have no modality), placed in that order; val and test keep all their rows in dataset
+    order, their sizes taken from the manifest's ``counts`` and checked against the shards."""
+    counts = dataset.manifest.get("counts") or {}
+    if any(split not in counts for split in EVAL_SPLITS):
+        raise ArtifactError(f"dataset {dataset.name} has no per-split counts in its manifest; re-create it with "
+                            "`cmi prepare ... --force`.")
+    train_order = np.asarray(train_order).astype(str)
+    sizes = {"train": len(train_order), **{split: int(counts[split]) for split in EVAL_SPLITS}}
+    arrays = {split: _SplitArrays(
+        inputs={s.name: np.empty((n, *s.shape), dtype=np.dtype(s.dtype)) for s in specs},
+        present={s.name: np.empty(n, dtype=bool) for s in specs},
+        labels=np.empty(n, dtype=np.int32)) for split, n in sizes.items()}
+    eval_ids: dict[str, list[np.ndarray]] = {split: [] for split in EVAL_SPLITS}
+    filled = dict.fromkeys(sizes, 0)
+    position = _positions_in(train_order)
+    columns = ["id", "label", "split", *(c for s in specs for c in (s.name, f"{s.name}_present"))]
+    for path in shard_paths(dataset):
+        shard = pq.read_table(path, columns=columns)
+        split_of = shard.column("split").to_numpy(zero_copy_only=False)
+        ids = shard.column("id").to_numpy(zero_copy_only=False).astype(str)
+        for split, out in arrays.items():
+            rows = split_of == split
+            if split == "train":
+                dest = position(ids)
+                rows &= dest >= 0
+                dest = dest[rows]
+            elif rows.any():
+                dest = np.arange(filled[split], filled[split] + int(rows.sum()))
+                if dest[-1] >= sizes[split]:
+                    raise ArtifactError(f"dataset {dataset.name} holds more {split} rows than its manifest counts "
+                                        f"({sizes[split]}); re-create it with `cmi prepare ... --force`.")
+                eval_ids[split].append(ids[rows])
+            if not rows.any():
+                continue
+            filled[split] += int(rows.sum())
+            out.labels[dest] = shard.column("label").to_numpy(zero_copy_only=False)[rows]
+            for spec in specs:
+                out.present[spec.name][dest] = shard.column(f"{spec.name}_present").to_numpy(zero_copy_only=False)[rows]
+                out.inputs[spec.name][dest] = tensor_column(shard, spec.name)[rows]
         del shard
-    return order, _SplitArrays(inputs, present, labels)
-
-
-def _positions(ids: np.ndarray, order: np.ndarray, dataset_name: str, partition_name: str) -> np.ndarray:
-    """For each of ``ids``, its position in ``order`` (-1 if absent); every id of ``order`` must
-    be among ``ids``."""
-    if len(order) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    sorter = np.argsort(order)
-    pos = sorter[np.clip(np.searchsorted(order, ids, sorter=sorter), 0, len(order) - 1)]
-    dest = np.where(order[pos] == ids, pos, -1)
-    if np.count_nonzero(dest >= 0) != len(order):
+    if filled["train"] != sizes["train"]:
         raise CmiError(
             f"partition {partition_name} assigns samples that are not in the train split of dataset "
-            f"{dataset_name}; re-create it with `cmi partition --force`."
+            f"{dataset.name}; re-create it with `cmi partition --force`."
         )
-    return dest
+    short = [split for split in EVAL_SPLITS if filled[split] != sizes[split]]
+    if short:
+        raise ArtifactError(f"dataset {dataset.name} holds fewer {short[0]} rows ({filled[short[0]]}) than its manifest "
+                            f"counts ({sizes[short[0]]}); re-create it with `cmi prepare ... --force`.")
+    result = {"train": (train_order, arrays["train"])}
+    for split in EVAL_SPLITS:
+        ids = np.concatenate(eval_ids[split]) if eval_ids[split] else np.zeros(0, dtype=str)
+        result[split] = (ids, arrays[split])
+    return result
+
+
+def _positions_in(order: np.ndarray):
+    """A function mapping ids to their positions in ``order`` (-1 for an id not in it)."""
+    sorter = np.argsort(order)
+
+    def positions(ids: np.ndarray) -> np.ndarray:
+        if len(order) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = sorter[np.clip(np.searchsorted(order, ids, sorter=sorter), 0, len(order) - 1)]
+        return np.where(order[pos] == ids, pos, -1)
+
+    return positions

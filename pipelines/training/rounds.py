@@ -5,13 +5,22 @@ them, so a run replays identically whichever engine drives it."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from pipelines.errors import CmiError
-from pipelines.fl import ClientData, ClientUpdate, FedAvg, TrainPool
+from pipelines.fl import ClientData, ClientUpdate, FedAvg, TrainPool, get_method
+from pipelines.models import build_model
+from pipelines.shards import ModalitySpec
+
+if TYPE_CHECKING:
+    from pipelines.training.config import RunConfig
+    from pipelines.training.data import TrainingData
+
+#: client id of the single pooled client of a ``pooled`` (centralized) method
+POOLED_CLIENT = 0
 
 # spawn-key streams of the run seed, so client sampling and client seeds never share draws
 _SAMPLING_STREAM = 0
@@ -38,6 +47,33 @@ def init_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(_INIT_STREAM,)).generate_state(1)[0])
 
 
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when a GPU is visible, else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CmiError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto.")
+    return torch.device(requested)
+
+
+def build_method(config: RunConfig, specs: Sequence[ModalitySpec], num_classes: int,
+                 device: torch.device) -> FedAvg:
+    """The run's method (``config.method``) training on ``device``, its model built from the
+    dataset's modality ``specs`` that the method selects, ``config.model``, ``config.train`` and
+    ``config.hparams``: what the local engine, the Flower ServerApp and every ClientApp train with."""
+    cls = get_method(config.method)
+    model_specs = cls.select_specs(list(specs), config.hparams)
+    return cls(lambda: build_model(model_specs, num_classes, config.model), config.train, config.hparams, device)
+
+
+def method_clients(method: FedAvg, data: TrainingData) -> list[ClientData]:
+    """The clients ``method`` trains on ``data``: the partition's clients, or for a ``pooled``
+    method the one client :data:`POOLED_CLIENT` holding every training row."""
+    if method.pooled:
+        return [ClientData(POOLED_CLIENT, np.arange(len(data.train)), data.modalities)]
+    return data.clients
+
+
 class TrainingDiverged(CmiError):
     """A client update produced a non-finite loss or weights."""
 
@@ -57,8 +93,9 @@ def check_update(round_: int, update: ClientUpdate) -> None:
     loss = update.metrics.get("loss")
     if loss is None or not math.isfinite(float(loss)):
         raise TrainingDiverged(round_, update.cid, f"has a non-finite local loss ({loss})")
-    floats = [t.reshape(-1) for t in update.state.values() if t.is_floating_point()]
-    if floats and not bool(torch.isfinite(torch.cat(floats)).all()):
+    # one flag per tensor and a single host sync at the end; no copy of the weights
+    finite = [torch.isfinite(t).all() for t in update.state.values() if t.is_floating_point()]
+    if finite and not bool(torch.stack(finite).all()):
         raise TrainingDiverged(round_, update.cid, "has non-finite weights after local training")
 
 

@@ -14,17 +14,13 @@ import os
 import signal
 import sys
 
-import torch
-
 from pipelines.artifacts import Workspace
-from pipelines.engines.local import run
 from pipelines.training.config import resolve_config
 from pipelines.training.progress import QuietProgress
-from pipelines.training.session import open_session
+from pipelines.training.session import open_session, run_engine
 
 
 def main(root: str, name: str, config: str, kill_round: int, where: str) -> None:
-    torch.set_num_threads(1)
     session = open_session(Workspace(root), resolve_config(json.loads(config)), name=name)
     progress = QuietProgress()
     if where == "after-checkpoint":
@@ -40,7 +36,7 @@ def main(root: str, name: str, config: str, kill_round: int, where: str) -> None
                 os.kill(os.getpid(), signal.SIGKILL)
             save(ckpt)
         session.run.save_checkpoint = save_or_die
-    run(session, progress)
+    run_engine(session, progress, threads=1)   # recorded in the manifest: `--resume` continues on 1 thread
 
 
 if __name__ == "__main__":

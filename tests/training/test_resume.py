@@ -1,4 +1,6 @@
-"""kill -9 in the middle of a run, `cmi train --resume`, and the result of an uninterrupted run."""
+"""kill -9 in the middle of a run, `cmi train --resume`, and the result of an uninterrupted run:
+FedCMI, and method local, whose per-client states live in content-addressed files beside the
+checkpoint (a kill before the checkpoint leaves the round's new state files unreferenced)."""
 
 import json
 import os
@@ -14,30 +16,36 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cmi_cli.app import app
-from pipelines.engines.local import run as run_local
 from pipelines.training.config import resolve_config
 from pipelines.training.progress import QuietProgress
 from pipelines.training.run_dir import RunDirectory
-from pipelines.training.session import open_session
+from pipelines.training.session import open_session, run_engine
 from tests.training.helpers import QUICK, partitioned_workspace
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS = {**QUICK, "method": "fedcmi", "rounds": 4}
+SETTINGS = {
+    "fedcmi": {**QUICK, "method": "fedcmi", "rounds": 4},
+    "local": {**QUICK, "method": "local", "rounds": 4, "clients_per_round": 2},
+}
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A workspace and an uninterrupted run in it."""
-    ws = partitioned_workspace(tmp_path_factory.mktemp("resume"))
-    session = open_session(ws, resolve_config(SETTINGS), name="uninterrupted")
-    run_local(session, QuietProgress())
-    return ws, session.run
+def workspace(tmp_path_factory):
+    return partitioned_workspace(tmp_path_factory.mktemp("resume"))
 
 
-def kill_during_run(ws, name: str, kill_round: int, where: str) -> RunDirectory:
+@pytest.fixture(scope="module", params=sorted(SETTINGS))
+def reference(request, workspace):
+    """The method, the workspace and an uninterrupted run of it."""
+    session = open_session(workspace, resolve_config(SETTINGS[request.param]), name=f"uninterrupted-{request.param}")
+    run_engine(session, QuietProgress(), threads=1)   # the thread count of the interrupted runs
+    return request.param, workspace, session.run
+
+
+def kill_during_run(ws, name: str, settings: dict, kill_round: int, where: str) -> RunDirectory:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.training.interrupted_run", str(ws.root), name, json.dumps(SETTINGS),
+        [sys.executable, "-m", "tests.training.interrupted_run", str(ws.root), name, json.dumps(settings),
          str(kill_round), where],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -48,6 +56,11 @@ def kill_during_run(ws, name: str, kill_round: int, where: str) -> RunDirectory:
 def assert_same_run(run: RunDirectory, ref: RunDirectory) -> None:
     a, b = load_file(str(run.checkpoint_file)), load_file(str(ref.checkpoint_file))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # client states: the same files (named by their content), and none left unreferenced
+    assert run.load_checkpoint().clients == ref.load_checkpoint().clients
+    store = run.client_states()
+    on_disk = sorted(p.name for p in store.directory.iterdir()) if store.directory.is_dir() else []
+    assert on_disk == sorted(f"{d}.safetensors" for d in set(run.load_checkpoint().clients.values()))
     strip = lambda lines: [{k: v for k, v in line.items() if k != "time_s"} for line in lines]  # noqa: E731
     assert strip(run.read_metrics()) == strip(ref.read_metrics())
     for name in ("test-final", "test-best", "clients-final", "clients-best"):
@@ -61,12 +74,17 @@ def assert_same_run(run: RunDirectory, ref: RunDirectory) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("where, checkpointed", [("after-checkpoint", 2), ("before-checkpoint", 1)])
 def test_resume_after_kill_9_ends_exactly_like_an_uninterrupted_run(reference, where, checkpointed):
-    ws, ref = reference
-    run = kill_during_run(ws, f"killed-{where}", 2, where)
+    method, ws, ref = reference
+    run = kill_during_run(ws, f"killed-{method}-{where}", SETTINGS[method], 2, where)
     manifest = run.artifact().manifest
     assert manifest["status"] == "running" and manifest["rounds_done"] == checkpointed
     assert run.load_checkpoint().round == checkpointed
     assert [line["round"] for line in run.read_metrics()] == [1, 2]  # before-checkpoint: ahead by one
+    if method == "local":
+        referenced = set(run.load_checkpoint().clients.values())
+        on_disk = {p.stem for p in run.client_states().directory.iterdir()}
+        assert referenced and referenced <= on_disk
+        assert (on_disk > referenced) == (where == "before-checkpoint")   # round 2's states, not yet checkpointed
 
     result = CliRunner().invoke(app, ["--workspace", str(ws.root), "train", "--resume", run.name, "--quiet"])
     assert result.exit_code == 0, result.output

@@ -49,6 +49,8 @@ def test_sample_weighted_loss_and_temperatures():
     (update(4, 5, loss=float("nan")), "non-finite local loss (nan)"),
     (update(4, 5, loss=float("inf")), "non-finite local loss (inf)"),
     (update(4, 5, state={"w": torch.tensor([1.0, float("inf")])}), "non-finite weights"),
+    (update(4, 5, state={"a": torch.ones(3), "n": torch.tensor(2), "b": torch.tensor(float("nan"))}),
+     "non-finite weights"),
 ])
 def test_check_update_names_round_and_client(bad, fragment):
     with pytest.raises(TrainingDiverged) as err:

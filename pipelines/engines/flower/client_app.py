@@ -1,11 +1,17 @@
 """cmi's Flower ClientApp: a SuperNode trains the clients it hosts with the method's own
 ``client_update``.
 
-A SuperNode runs every message in a fresh process, so each ``train`` message maps the node's
-training data from its workspace (the partition named in the run config, checked against the
-server's fingerprint; :mod:`pipelines.engines.flower.node_data`) and builds a
-:class:`~pipelines.training.session.TrainingSession` exactly as the server did; each client is then trained by ``session.client_update`` — the very call the local
-engine makes — from the received global model. Per-client persistent state (a method's
+A ``train`` message needs two things, and the ClientApp imports and builds only those: the run's
+method (:func:`~pipelines.training.rounds.build_method`, as the server builds it) and the node's
+training data, memory-mapped from the workspace's cache (:mod:`pipelines.engines.flower.node_data`;
+the partition named in the run config, checked against the server's fingerprint) — no run
+directory, no evaluation data, no second model. Both are kept in this module per process
+(:func:`worker`), so a process that handles many messages (a Ray worker of the simulation
+runtime) builds them once; a deployed SuperNode starts a fresh process per message, which pays
+for its imports and maps the data again (a few ms once the page cache holds it).
+
+Each client is trained by :func:`~pipelines.training.rounds.train_client` — the very call the
+local engine makes — from the received global model. Per-client persistent state (a method's
 ``ClientUpdate.client_state``, e.g. method ``local``'s own model) lives in ``context.state``,
 i.e. in the SuperNode's memory across rounds; the server sends its checkpointed copy the first
 time a client trains on a SuperNode (a new run, a resumed run, a replacement SuperNode).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from logging import INFO
 
 import torch
@@ -26,16 +33,16 @@ from flwr.supercore import log
 
 from pipelines.artifacts import Workspace
 from pipelines.errors import CmiError
-from pipelines.fl import ClientUpdate
+from pipelines.fl import ClientData, ClientUpdate, FedAvg
 from pipelines.training.config import resolve_config
-from pipelines.training.rounds import TrainingDiverged
-from pipelines.training.run_dir import RunDirectory
-from pipelines.training.session import TrainingSession, resolve_device
+from pipelines.training import rounds
+from pipelines.training.data import TrainingData
+from pipelines.training.rounds import TrainingDiverged, build_method, client_seed, method_clients, resolve_device
 
 from pipelines.engines.flower.node_data import load_node_data
 from pipelines.engines.flower.protocol import (
-    ClientOrder, NodeSettings, RunSettings, decode_train, encode_divergence, encode_node, encode_updates,
-    record_state, state_record,
+    ClientOrder, NodeSettings, RunSettings, TrainOrder, decode_train, encode_divergence, encode_node,
+    encode_updates, record_state, state_record,
 )
 
 app = ClientApp()
@@ -49,6 +56,35 @@ def _settings(context: Context) -> tuple[RunSettings, NodeSettings, Workspace]:
     return run, node, Workspace(node.workspace or run.workspace)
 
 
+@dataclass
+class Worker:
+    """What a SuperNode trains a run's clients with: the method, the node's training data (its
+    ``splits`` empty), the clients as the method sees them, and the run's seed."""
+
+    method: FedAvg
+    data: TrainingData
+    clients: list[ClientData]
+    seed: int
+
+
+#: (workspace, partition name and fingerprint, run config) -> its Worker, in this process
+_WORKERS: dict[tuple[str, str, str, str], Worker] = {}
+
+
+def worker(workspace: Workspace, run: RunSettings) -> Worker:
+    """The run's :class:`Worker`, built on first use in this process and kept (one per run
+    config and partition version; a re-created partition of the same name gets a new one)."""
+    fingerprint = workspace.resolve("partition", run.partition).fingerprint
+    key = (str(workspace.root), run.partition, fingerprint, run.config)
+    if key not in _WORKERS:
+        config = resolve_config(json.loads(run.config))
+        data = load_node_data(workspace, run.partition)
+        method = build_method(config, data.specs, data.num_classes, resolve_device(config.device))
+        _WORKERS.clear()   # one run at a time per process: free the previous run's data and model
+        _WORKERS[key] = Worker(method, data, method_clients(method, data), config.seed)
+    return _WORKERS[key]
+
+
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Tell the server which clients this node hosts (or that it takes any) and which partition it reads."""
@@ -59,44 +95,37 @@ def describe(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Run ``session.client_update`` for every client of the message, in client order."""
+    """Train every client of the message, in client order, with :func:`train_client`."""
     run, node, workspace = _settings(context)
     if node.threads:
         torch.set_num_threads(node.threads)
     order = decode_train(message.content)
     started = time.perf_counter()
-    session = client_session(workspace, run)
+    work = worker(workspace, run)
     ready = time.perf_counter()
-    if order.partition_fingerprint != session.data.partition.fingerprint:
+    if order.partition_fingerprint != work.data.partition.fingerprint:
         raise CmiError(
             f"SuperNode {node.partition_id}: partition {run.partition} in {workspace.root} is not the one the "
-            f"server trains on (fingerprint {session.data.partition.fingerprint[:12]} vs "
+            f"server trains on (fingerprint {work.data.partition.fingerprint[:12]} vs "
             f"{order.partition_fingerprint[:12]}); copy the server's partition to this machine."
         )
-    session.global_state = order.global_state
     updates = []
     for client in order.clients:
         try:
-            updates.append(train_client(session, order.round, client, context.state))
+            updates.append(train_client(work, order, client, context.state))
         except TrainingDiverged as exc:
             return Message(encode_divergence(exc.cid, exc.what), reply_to=message)
-    log(INFO, "cmi round %d: clients %s trained in %.1f s (data and method ready in %.1f s)", order.round,
+    log(INFO, "cmi round %d: clients %s trained in %.1f s (data and method ready in %.2f s)", order.round,
         [c.cid for c in order.clients], time.perf_counter() - ready, ready - started)
     return Message(encode_updates(updates), reply_to=message)
 
 
-def client_session(workspace: Workspace, run: RunSettings) -> TrainingSession:
-    """The run's method, clients and train pool, built from the workspace as the server built them."""
-    config = resolve_config(json.loads(run.config))
-    data = load_node_data(workspace, run.partition)
-    return TrainingSession(RunDirectory(run.run), config, data, resolve_device(config.device))
-
-
-def train_client(session: TrainingSession, round_: int, client: ClientOrder, state: RecordDict) -> ClientUpdate:
-    """One client's update by ``session.client_update``; its persistent state comes from the
-    message (the server's copy) or else from ``state`` (this node's), and is kept in ``state``."""
-    data = session.clients[client.cid]
-    if tuple(data.modalities) != client.modalities or session.client_seed(round_, client.cid) != client.seed:
+def train_client(work: Worker, order: TrainOrder, client: ClientOrder, state: RecordDict) -> ClientUpdate:
+    """One client's checked update of ``order``'s round from its global model; the client's
+    persistent state comes from the message (the server's copy) or else from ``state`` (this
+    node's), and its new one is kept in ``state``."""
+    data = work.clients[client.cid]
+    if tuple(data.modalities) != client.modalities or client_seed(work.seed, order.round, client.cid) != client.seed:
         raise CmiError(
             f"client {client.cid} differs between this SuperNode and the server (modalities "
             f"{list(data.modalities)} vs {list(client.modalities)}, or its seed); give both the same workspace "
@@ -104,11 +133,11 @@ def train_client(session: TrainingSession, round_: int, client: ClientOrder, sta
         )
     key = f"client.{client.cid}"
     kept = state.array_records.get(key)
-    if client.client_state is not None:
-        session.client_states[client.cid] = client.client_state
-    elif kept is not None:
-        session.client_states[client.cid] = record_state(kept)
-    update = session.client_update(round_, client.cid)
+    client_state = client.client_state
+    if client_state is None and kept is not None:
+        client_state = record_state(kept)
+    update = rounds.train_client(work.method, order.global_state, work.data.train.pool, data, order.round,
+                                 client.seed, client_state)
     if update.client_state is not None:
         state[key] = state_record(update.client_state)
     return update

@@ -43,9 +43,12 @@ class FlowerOptions:
     checked against ``root_certificates`` (PEM) if given, else plaintext; ``simulation``: run on
     Flower's simulation runtime (a SuperLink started with ``--simulation``, ``supernodes``
     simulated SuperNodes in Ray workers; needs ``flwr[simulation]``) instead of a loopback
-    deployment; ``min_clients``, ``round_timeout``, ``nodes_timeout``: see :class:`RunSettings`."""
+    deployment; ``node_threads``: torch threads of each SuperNode of a loopback deployment
+    (default: the CPU cores split between them); ``min_clients``, ``round_timeout``,
+    ``nodes_timeout``: see :class:`RunSettings`."""
 
     supernodes: int | None = None
+    node_threads: int | None = None
     superlink: str | None = None
     root_certificates: Path | None = None
     simulation: bool = False
@@ -93,8 +96,8 @@ def run(session: TrainingSession, progress: QuietProgress, options: FlowerOption
     else:
         supernodes = options.supernodes or default_supernodes(len(session.clients))
         deployment = LoopbackDeployment(flower_dir / ("simulation" if options.simulation else "deployment"),
-                                        supernodes, node_extra={"threads": default_threads(supernodes),
-                                                                "any-client": True},
+                                        supernodes, node_extra={"threads": options.node_threads
+                                                                or default_threads(supernodes), "any-client": True},
                                         simulation=options.simulation)
         control = deployment.control
     follower = _RoundFollower(session, progress)

@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from pipelines.errors import CmiError
-from pipelines.training.rounds import TrainingDiverged
+from pipelines.training.rounds import TrainingDiverged, check_update
 from pipelines.training.session import TrainingSession
 
 from pipelines.engines.flower.protocol import (
@@ -154,6 +154,8 @@ class CmiStrategy(Strategy):
                 raise TrainingDiverged(server_round, *diverged)
             else:
                 got = decode_updates(reply.content, self.session.global_state)
+                for update in got:   # the ClientApp checked them too; this guards what crossed the network
+                    check_update(server_round, update)
                 updates += got
                 self.holder.update((u.cid, node_id) for u in got)
                 missing = sorted(set(cids) - {u.cid for u in got})
