@@ -10,7 +10,8 @@ import typer
 import pipelines
 from pipelines.artifacts import WORKSPACE_ENV
 
-from cmi_cli import flower, partition, prepare, report, train
+from cmi_cli import experiment, flower, partition, prepare, report, runs, train
+from cmi_cli.common import help_without_command
 
 app = typer.Typer(
     name="cmi",
@@ -20,9 +21,10 @@ app = typer.Typer(
         "  cmi prepare cremad --root DIR     raw dataset -> feature shards\n\n"
         "  cmi partition --alpha 0.5 --missing 0.3   client splits\n\n"
         "  cmi train                         FedCMI federated training\n\n"
-        "  cmi report --per-class            per-class / per-client report"
+        "  cmi report --per-class            per-class / per-client report\n\n"
+        "  cmi experiment run FILE --jobs 2  methods x seeds x settings, in parallel\n\n"
+        "  cmi runs                          list the runs and their results"
     ),
-    no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
@@ -35,7 +37,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
     workspace: Path = typer.Option(
@@ -51,12 +53,15 @@ def main_options(
     ),
 ) -> None:
     ctx.obj = {"workspace": workspace}
+    help_without_command(ctx)
 
 
 prepare.register(app)
 partition.register(app)
 train.register(app)
 report.register(app)
+experiment.register(app)
+runs.register(app)
 flower.register(app)
 
 

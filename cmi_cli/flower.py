@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cmi_cli.common import console, user_errors, workspace
+from cmi_cli.common import console, help_without_command, user_errors, workspace
 from pipelines.errors import CmiError
 
 DEFAULT_PORT = 9093
@@ -19,10 +19,20 @@ flower_app = typer.Typer(
     help=(
         "A Flower SuperLink and SuperNodes on this machine (127.0.0.1), started in the background, for "
         "`cmi train --engine flower --superlink 127.0.0.1:PORT`. (Without --superlink, `cmi train --engine "
-        "flower` starts and stops its own deployment.) Several machines: see the README."
+        "flower` starts and stops its own deployment.) Several machines: see the README.\n\n"
+        "Examples:\n\n"
+        "  cmi flower up --supernodes 3          SuperLink on 127.0.0.1:9093 + 3 SuperNodes\n"
+        "  cmi train --engine flower --superlink 127.0.0.1:9093\n"
+        "  cmi flower status                     SuperNodes online, runs\n"
+        "  cmi flower down                       stop them all"
     ),
-    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
+
+
+@flower_app.callback(invoke_without_command=True)
+def flower_group(ctx: typer.Context) -> None:
+    help_without_command(ctx)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +44,7 @@ def _home(ctx: typer.Context, home: Optional[Path]) -> Path:
 
 
 HOME_OPTION = typer.Option(
-    None, "--home", help="Folder of the deployment's logs, Flower config and state. [default: WORKSPACE/flower]")
+    None, "--home", help="Folder of the deployment's logs, Flower config and state. \\[default: WORKSPACE/flower]")
 
 
 @flower_app.command("up")
@@ -44,10 +54,10 @@ def up(
     supernodes: int = typer.Option(
         2, "--supernodes", "-n", min=1,
         help="SuperNodes to start (partition-id 0..N-1; they share this workspace, so each round's clients "
-        "are spread over them by size). [default: 2]"),
+        "are spread over them by size)."),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="SuperLink port on 127.0.0.1 (all its APIs)."),
     threads: Optional[int] = typer.Option(
-        None, "--threads", min=1, help="Torch threads of each SuperNode's ClientApp. [default: CPU cores / N]"),
+        None, "--threads", min=1, help="Torch threads of each SuperNode's ClientApp. \\[default: CPU cores / N]"),
     home: Optional[Path] = HOME_OPTION,
 ) -> None:
     """Start a SuperLink and N SuperNodes in the background and wait until the nodes are online."""

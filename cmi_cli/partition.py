@@ -11,6 +11,7 @@ from rich.table import Table
 from cmi_cli.common import console, user_errors, workspace
 from pipelines.artifacts import PARTITION_HEATMAP
 from pipelines.partitioning import PartitionOutcome, PartitionSettings, run_partition
+from pipelines.partitioning.natural import GROUP_ALIASES
 from pipelines.partitioning.stage import DEFAULT_ALPHA, DEFAULT_CLIENTS, DEFAULT_MIN_SAMPLES
 
 #: beyond this many clients the summary table shows the first and last ones only
@@ -34,7 +35,7 @@ def partition(
     ),
     iid: bool = typer.Option(False, "--iid", help="Uniform random split instead (client sizes differ by at most 1)."),
     by: Optional[str] = typer.Option(
-        None, "--by",
+        None, "--by", metavar=f"[{'|'.join(GROUP_ALIASES)}]",
         help="Natural split instead: one client per group of the dataset's group column ('group'; 'actor' and "
         "'event' are aliases: the CREMA-D actor, the AVE / CrisisMMD event). With --clients N below the number "
         "of groups, groups are merged into N size-balanced clients (seeded); a group is never split.",
@@ -70,6 +71,18 @@ def partition(
 
     Writes partitions/<name>/ (assignments, clients, stats.json, heatmap.png) and makes it the latest
     partition, which `cmi train` uses. Validation and test samples stay global.
+
+    Examples:
+
+      cmi partition --alpha 0.5 --missing 0.3          Dirichlet label skew, 30% of clients lack a modality
+
+      cmi partition --alpha 0.1 --clients 50 --seed 1  strong skew over 50 clients
+
+      cmi partition --iid --clients 10                 uniform split
+
+      cmi partition --by actor                         one client per CREMA-D actor
+
+      cmi partition --missing 0.5 --missing-level sample --missing-modality visual
     """
     settings = PartitionSettings.from_options(
         alpha=alpha, iid=iid, by=by, clients=clients, min_samples=min_samples, missing=missing,

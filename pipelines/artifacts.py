@@ -5,6 +5,7 @@ A workspace holds one directory per artifact kind::
     <workspace>/datasets/<name>/manifest.json     written by `cmi prepare`
     <workspace>/partitions/<name>/manifest.json   written by `cmi partition`
     <workspace>/runs/<name>/manifest.json         written by `cmi train`
+    <workspace>/experiments/<name>/manifest.json  written by `cmi experiment run` (its runs are in runs/)
 
 and a ``LATEST`` file per kind directory naming the most recently completed artifact, so that
 each stage finds its input without paths. A dataset or partition is complete once its manifest
@@ -34,6 +35,7 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "dataset": (1, "datasets", "cmi prepare DATASET"),
     "partition": (1, "partitions", "cmi partition"),
     "run": (1, "runs", "cmi train"),
+    "experiment": (1, "experiments", "cmi experiment run FILE"),
 }
 
 DEFAULT_WORKSPACE = "cmi-workspace"
@@ -351,6 +353,8 @@ class Workspace:
 #   predictions/clients-{final,best}.parquet  id, client, label, pred int32 (global model on each
 #                                             client's own training data, path by availability)
 #   checkpoints/            model weights (safetensors) and resumable state
+# experiment (cmi experiment run)  manifest params: the grid and its cells, extra: status, jobs (see
+#                           pipelines.experiments.record); experiment.toml (the resolved experiment file)
 
 PARTITION_ASSIGNMENTS = "assignments.parquet"
 PARTITION_CLIENTS = "clients.parquet"

@@ -205,20 +205,33 @@ def build_report(
         raise CmiError("--compare needs the runs to compare: `cmi report --compare BASELINE_RUN OTHER_RUN...`.")
     runs = [load_run(workspace, ref) for ref in (refs or [None])]
     if compare:
-        for run in runs[1:]:
-            if run.classes != runs[0].classes:
-                raise CmiError(
-                    f"runs {runs[0].name!r} and {run.name!r} have different classes "
-                    f"({runs[0].classes} vs {run.classes}): "
-                    "--compare needs runs trained on the same dataset."
-                )
+        check_same_classes(runs, "--compare")
+    reports = [run_report(run, snapshots) for run in runs]
+    return Report(reports, compare, tuple(snapshots), select_paths(runs, paths))
+
+
+def run_report(run: RunData, snapshots: Sequence[str]) -> RunReport:
+    """``run`` with the recomputed numbers of each of ``snapshots`` it has predictions for."""
+    return RunReport(run, {s: r for s in snapshots if (r := snapshot_report(run, s)) is not None})
+
+
+def check_same_classes(runs: Sequence[RunData], option: str) -> None:
+    """Raise a :class:`CmiError` naming ``option`` unless every run has the first run's classes."""
+    for run in runs[1:]:
+        if run.classes != runs[0].classes:
+            raise CmiError(
+                f"runs {runs[0].name!r} and {run.name!r} have different classes "
+                f"({runs[0].classes} vs {run.classes}): {option} needs runs trained on the same dataset."
+            )
+
+
+def select_paths(runs: Sequence[RunData], paths: Sequence[str] | None) -> list[str]:
+    """Every eval path of ``runs`` (first-seen order), restricted to ``paths`` when given; an
+    unknown path is a :class:`CmiError` listing the known ones."""
     available = list(dict.fromkeys(p for run in runs for p in run.eval_paths))
-    if paths:
-        unknown = [p for p in paths if p not in available]
-        if unknown:
-            raise CmiError(f"unknown --path {', '.join(unknown)}: these runs evaluate {', '.join(available)}.")
-        available = [p for p in available if p in paths]
-    reports = [
-        RunReport(run, {s: r for s in snapshots if (r := snapshot_report(run, s)) is not None}) for run in runs
-    ]
-    return Report(reports, compare, tuple(snapshots), available)
+    if not paths:
+        return available
+    unknown = [p for p in paths if p not in available]
+    if unknown:
+        raise CmiError(f"unknown --path {', '.join(unknown)}: these runs evaluate {', '.join(available)}.")
+    return [p for p in available if p in paths]

@@ -1,9 +1,13 @@
-"""The HTML report's figures, rendered headless (Agg) to PNG bytes.
+"""The report's figures, drawn headless (Agg) at print size and rendered as PNG, SVG or PDF.
 
-Colours come from the Okabe–Ito palette (Okabe & Ito 2008, "Color Universal Design"), which stays
-distinguishable under the common colour-vision deficiencies; lines also differ by marker, and
-colour maps are ``cividis``. Curves over rounds are what training logged (metrics.jsonl) and
-say so; bars are recomputed from the saved predictions.
+Every figure is drawn under :data:`~pipelines.reports.style.PAPER_STYLE` at the width it prints
+at (one column, 3.5 in, for a single panel; the text width, 7.16 in, for several), so its 7–9 pt
+text stays legible in a paper. Legends name methods (or an aggregated report's groups), never
+run names unless two runs share a method. Colours come from the Okabe–Ito palette (Okabe & Ito
+2008, "Color Universal Design"), which stays distinguishable under the common colour-vision
+deficiencies; lines also differ by marker, and colour maps are ``cividis``. A bar of height zero
+is labelled "0" so that it does not read as missing. Curves over rounds are what training logged
+(metrics.jsonl) and say so; bars are recomputed from the saved predictions.
 """
 
 from __future__ import annotations
@@ -13,31 +17,46 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from pipelines.partitioning.heatmap import heatmap_figure
+from pipelines.reports.aggregate import Aggregate, summarise
 from pipelines.reports.analysis import Key, Report, RunReport
 from pipelines.reports.load import SNAPSHOT_LABELS, RunData
+from pipelines.reports.style import COLUMN_INCHES, DPI, PAPER_STYLE, SAVE_METADATA, TEXT_WIDTH_INCHES
 
 #: Okabe–Ito colours, yellow last (weak contrast on white)
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CMAP = "cividis"
-DPI = 110
-#: widest/tallest figure (inches), whatever the number of classes or clients
-MAX_INCHES = 22.0
+#: tallest figure (inches), whatever the number of classes or clients
+MAX_INCHES = 9.0
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A rendered figure: PNG bytes with a title and a caption saying where its data comes from."""
+    """A drawn figure with a title and a caption saying where its data comes from;
+    :meth:`render` gives its file in any of :data:`~pipelines.reports.style.FIGURE_FORMATS`."""
 
     key: str
     title: str
     caption: str
-    png: bytes
+    drawing: MplFigure
+
+    def render(self, fmt: str) -> bytes:
+        """The figure as ``fmt`` (png, svg or pdf) bytes; the same figure gives the same bytes."""
+        buffer = io.BytesIO()
+        with rc_context(PAPER_STYLE):
+            self.drawing.savefig(buffer, format=fmt, dpi=DPI, metadata=SAVE_METADATA[fmt])
+        return buffer.getvalue()
+
+    @property
+    def png(self) -> bytes:
+        return self.render("png")
 
 
 def colour(i: int) -> str:
@@ -45,16 +64,20 @@ def colour(i: int) -> str:
 
 
 def _new(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw):
-    fig = MplFigure(figsize=(width, height), layout="constrained")
+    """A figure of ``nrows`` x ``ncols`` axes, ``width`` x ``height`` inches scaled down (aspect
+    kept) to at most the text width, so that it prints at its drawn size."""
+    if width > TEXT_WIDTH_INCHES:
+        width, height = TEXT_WIDTH_INCHES, height * TEXT_WIDTH_INCHES / width
+    fig = MplFigure(figsize=(width, min(height, MAX_INCHES)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes.ravel()
 
 
-def _png(fig: MplFigure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+def _png(fig: MplFigure) -> MplFigure:
+    """What a :class:`Figure` keeps of a finished drawing: the figure itself, rendered to PNG,
+    SVG or PDF on output (:meth:`Figure.render`)."""
+    return fig
 
 
 def _series(run: RunData, split: str, field: str, path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +110,7 @@ def _mark_best(ax, run: RunData) -> None:
 def accuracy_curves(report: Report, run: RunData) -> Figure | None:
     if not run.metrics:
         return None
-    fig, axes = _new(11, 4, ncols=2, sharey=True)
+    fig, axes = _new(TEXT_WIDTH_INCHES, 2.6, ncols=2, sharey=True)
     for ax, split, name in zip(axes, ("val", "test"), ("validation", "test")):
         for i, path in enumerate(p for p in report.paths if p in run.eval_paths):
             rounds, acc = _series(run, split, "accuracy", path)
@@ -103,13 +126,24 @@ def accuracy_curves(report: Report, run: RunData) -> Figure | None:
                   "the dotted line is the round best on validation.", _png(fig))
 
 
-def _grouped_bars(ax, classes: Sequence[str], series: list[tuple[str, np.ndarray]]) -> None:
-    """Bars of several series (label, per-class values in 0..1) side by side for each class."""
+def _label_zero_bars(ax, bars, values: np.ndarray, color: str) -> None:
+    """Write "0" above the bars of ``values`` that are exactly zero (otherwise invisible)."""
+    ax.bar_label(bars, labels=np.where(values == 0, "0", ""), fontsize=6, padding=1, color=color)
+
+
+def _grouped_bars(ax, classes: Sequence[str], series: list[tuple[str, np.ndarray]],
+                  errors: Sequence[np.ndarray] | None = None) -> None:
+    """Bars of several series (label, per-class values in 0..1) side by side for each class, with
+    ``errors`` (per series, per class; e.g. a std over seeds) as error bars; a bar of height zero
+    is labelled "0"."""
     x = np.arange(len(classes))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, 100 * values, width, color=colour(i), label=label,
-               edgecolor="white", linewidth=0.5)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, 100 * values, width, color=colour(i), label=label,
+                      edgecolor="white", linewidth=0.5,
+                      yerr=None if errors is None else 100 * np.nan_to_num(errors[i]),
+                      error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.2"})
+        _label_zero_bars(ax, bars, values, colour(i))
     ax.set_xticks(x, classes, rotation=45 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center")
     ax.set_ylim(0, 100)
     ax.set_ylabel("recall (%)")
@@ -128,8 +162,7 @@ def recall_bars(report: Report, run: RunReport) -> Figure | None:
         return None
     classes = run.run.classes
     paths = [p for p in report.paths if p in run.run.eval_paths]
-    fig, axes = _new(min(max(8.0, 0.35 * len(classes) * len(paths) + 2), MAX_INCHES), 3.6 * len(snaps),
-                     nrows=len(snaps))
+    fig, axes = _new(TEXT_WIDTH_INCHES, 2.2 * len(snaps), nrows=len(snaps))
     for ax, snapshot in zip(axes, snaps):
         _grouped_bars(ax, classes, [(p, _recall(report, run, snapshot, p)) for p in paths])
         ax.set_title(f"{SNAPSHOT_LABELS[snapshot]} · round {run.snapshots[snapshot].round}")
@@ -140,26 +173,37 @@ def recall_bars(report: Report, run: RunReport) -> Figure | None:
                   "Recall of each class for each path, recomputed from the saved test predictions.", _png(fig))
 
 
+def imbalance_panel(ax, run: RunData) -> None:
+    """The logged imbalance ratio ρ (val and test) over rounds on ``ax``, on a log y-axis (A ahead
+    by a factor k and B ahead by k lie equally far from balance, and a spike does not flatten the
+    rest), with the balanced level ρ = 1 drawn as a labelled horizontal line."""
+    for i, split in enumerate(("val", "test")):
+        rounds, ratio = _series(run, split, "imbalance_ratio")
+        ax.plot(rounds, ratio, color=colour(i), marker=MARKERS[i], markersize=4, label=split)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+    ax.text(0.01, 1.0, "balanced (ρ = 1)", transform=ax.get_yaxis_transform(), color="0.35", fontsize="small",
+            ha="left", va="bottom")
+    _mark_best(ax, run)
+    ax.set_title("modality imbalance ratio ρ")
+    _round_axis(ax)
+    a, b = (run.modalities[0], run.modalities[-1]) if run.modalities else ("A", "B")
+    ax.set_ylabel(f"ρ = Σ P({a}) / Σ P({b})")
+    ax.legend(fontsize="small")
+
+
 def balance_over_rounds(run: RunData) -> Figure | None:
     """Imbalance ratio (val and test) and, for FedCMI, class temperatures over rounds."""
     rounds_t = [line["round"] for line in run.metrics if line.get("temperatures")]
-    has_ratio = any("imbalance_ratio" in (line.get("test") or {}) for line in run.metrics)
+    has_ratio = any((line.get(split) or {}).get("imbalance_ratio") is not None
+                    for line in run.metrics for split in ("val", "test"))
     if not has_ratio and not rounds_t:
         return None
     panels = int(has_ratio) + int(bool(rounds_t))
     fig, axes = _new(6 * panels, 4, ncols=panels)
     ax_iter = iter(axes)
     if has_ratio:
-        ax = next(ax_iter)
-        for i, split in enumerate(("val", "test")):
-            rounds, ratio = _series(run, split, "imbalance_ratio")
-            ax.plot(rounds, ratio, color=colour(i), marker=MARKERS[i], markersize=4, label=split)
-        ax.axhline(1.0, color="0.5", linewidth=0.8)
-        _mark_best(ax, run)
-        ax.set_title("modality imbalance ratio")
-        _round_axis(ax)
-        ax.set_ylabel(f"mean P({run.modalities[0]}) / P({run.modalities[-1]})" if run.modalities else "ratio")
-        ax.legend(fontsize="small")
+        imbalance_panel(next(ax_iter), run)
     if rounds_t:
         ax = next(ax_iter)
         temps = np.array([line["temperatures"] for line in run.metrics if line.get("temperatures")], dtype=float)
@@ -172,34 +216,23 @@ def balance_over_rounds(run: RunData) -> Figure | None:
         fig.colorbar(image, ax=ax, label="temperature")
     fig.suptitle(f"{run.name}: modality balance over rounds (logged during training)")
     return Figure(f"balance.{run.name}", f"Imbalance ratio and class temperatures · {run.name}",
-                  "Logged each round in metrics.jsonl: the test/validation imbalance ratio (1 = balanced) and "
+                  "Logged each round in metrics.jsonl: the test/validation imbalance ratio ρ = Σ P_A / Σ P_B "
+                  "of the self classifiers' ground-truth probabilities (log scale, 1 = balanced) and "
                   "FedCMI's sample-weighted mean class temperatures (lower = sharper distillation target).",
                   _png(fig))
 
 
 def partition_heatmap(run: RunData) -> Figure | None:
-    """The partition's own heatmap.png, or one redrawn from stats.json's class counts."""
+    """The run's partition redrawn from its stats.json as `cmi partition` draws it: clients ×
+    classes counts, each client's total and its modality availability."""
     part = run.partition
-    if part is None:
+    if part is None or part.class_counts is None or part.modality_share is None:
         return None
-    caption = f"Training samples per client and class in partition {part.name}, with each client's modalities."
-    if part.heatmap is not None:
-        return Figure(f"heatmap.{run.name}", f"Clients × classes · partition {part.name}",
-                      caption + " Drawn by `cmi partition`.", part.heatmap.read_bytes())
-    if part.class_counts is None:
-        return None
-    counts = part.class_counts
-    fig, axes = _new(min(max(6.0, 0.5 * counts.shape[1] + 3), MAX_INCHES),
-                     min(max(3.0, 0.3 * counts.shape[0] + 1.5), MAX_INCHES))
-    ax = axes[0]
-    image = ax.imshow(counts, aspect="auto", cmap=CMAP, interpolation="nearest")
-    ax.set_xticks(np.arange(counts.shape[1]), run.classes, rotation=45, ha="right")
-    ax.set_yticks(np.arange(counts.shape[0]), [f"{c} · {part.modality_label(c)}" for c in range(counts.shape[0])])
-    ax.set_xlabel("class")
-    ax.set_ylabel("client · modalities held")
-    fig.colorbar(image, ax=ax, label="training samples")
-    ax.set_title(f"partition {part.name}: samples per client and class")
-    return Figure(f"heatmap.{run.name}", f"Clients × classes · partition {part.name}", caption, _png(fig))
+    drawing = heatmap_figure(part.class_counts, part.modality_share, run.classes, list(part.client_modalities),
+                             f"partition {part.name}")
+    return Figure(f"heatmap.{part.name}", f"Clients × classes · partition {part.name}",
+                  f"Training samples per client and class in partition {part.name} (from its stats.json), each "
+                  "client's total and the share of its samples holding each modality.", drawing)
 
 
 def client_accuracy(report: Report, run: RunReport) -> Figure | None:
@@ -214,9 +247,10 @@ def client_accuracy(report: Report, run: RunReport) -> Figure | None:
     groups = [values[Key("per_client", client=c, metric="modalities")] for c in ids]
     order = np.argsort(acc, kind="stable")
     palette = {g: colour(i) for i, g in enumerate(dict.fromkeys(groups))}
-    fig, axes = _new(min(max(7.0, 0.25 * len(ids) + 3), MAX_INCHES), 4)
+    fig, axes = _new(TEXT_WIDTH_INCHES if len(ids) > 12 else COLUMN_INCHES, 2.6)
     ax = axes[0]
-    ax.bar(np.arange(len(ids)), 100 * acc[order], color=[palette[groups[i]] for i in order])
+    bars = ax.bar(np.arange(len(ids)), 100 * acc[order], color=[palette[groups[i]] for i in order])
+    _label_zero_bars(ax, bars, acc[order], "0.2")
     ax.axhline(100 * values[Key("clients", metric="mean")], color="0.2", linestyle="--", label="mean")
     ax.axhline(100 * values[Key("clients", metric="worst10_mean")], color="0.2", linestyle=":",
                label=f"worst-10% mean (lowest {values[Key('clients', metric='worst10_count')]})")
@@ -225,7 +259,7 @@ def client_accuracy(report: Report, run: RunReport) -> Figure | None:
     ax.set_ylabel("accuracy on own data (%)")
     ax.set_ylim(0, 100)
     handles = ax.get_legend_handles_labels()[0] + [Patch(color=c, label=f"{g} client") for g, c in palette.items()]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    fig.legend(handles=handles, loc="outside lower center", ncols=2)
     ax.set_title(f"{run.name} · {SNAPSHOT_LABELS[snapshot]}: accuracy on each client's data")
     return Figure(f"clients.{run.name}", f"Per-client accuracy · {run.name}",
                   f"Recomputed from predictions/clients-{snapshot}.parquet; colours = modalities the client holds.",
@@ -235,26 +269,44 @@ def client_accuracy(report: Report, run: RunReport) -> Figure | None:
 # ----------------------------------------------------------------------------- comparison
 
 
+def method_labels(runs: Sequence[RunReport]) -> list[str]:
+    """Legend labels of ``runs``: the method, with the run name added where methods repeat."""
+    methods = [r.run.method for r in runs]
+    return [m if methods.count(m) == 1 else f"{m} ({r.name})" for m, r in zip(methods, runs)]
+
+
+def _path_panels(count: int, per_row: int, height: float):
+    """A figure with one panel per path: one column wide for a single panel, the text width for
+    several (``per_row`` to a row), ``height`` inches per row; unused axes hidden."""
+    ncols = min(per_row, count)
+    nrows = -(-count // ncols)
+    fig, axes = _new(COLUMN_INCHES if count == 1 else TEXT_WIDTH_INCHES, height * nrows + 0.5, ncols=ncols,
+                     nrows=nrows, sharey=True)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _legend_below(fig, ax, title: str) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, title=title, loc="outside lower center", ncols=min(4, max(1, len(labels))))
+
+
 def compare_curves(report: Report) -> Figure | None:
     if not any(run.run.metrics for run in report.runs):
         return None
-    paths = report.paths
-    ncols = min(3, len(paths))
-    nrows = -(-len(paths) // ncols)
-    fig, axes = _new(5 * ncols, 3.6 * nrows, ncols=ncols, nrows=nrows, sharey=True)
-    for ax, path in zip(axes, paths):
-        for i, run in enumerate(report.runs):
+    fig, axes = _path_panels(len(report.paths), 3, 1.9)
+    labels = method_labels(report.runs)
+    for ax, path in zip(axes, report.paths):
+        for i, (run, label) in enumerate(zip(report.runs, labels)):
             for split, style in (("test", "-"), ("val", "--")):
                 rounds, acc = _series(run.run, split, "accuracy", path)
-                ax.plot(rounds, 100 * acc, style, color=colour(i), marker=MARKERS[i % len(MARKERS)], markersize=3,
-                        label=f"{run.name} ({split})")
+                ax.plot(rounds, 100 * acc, style, color=colour(i), marker=MARKERS[i % len(MARKERS)],
+                        label=f"{label} ({split})")
         ax.set_title(path)
         ax.set_ylabel("accuracy (%)")
         _round_axis(ax)
-    for ax in axes[len(paths):]:
-        ax.set_visible(False)
-    fig.legend(*axes[0].get_legend_handles_labels(), title="run (split)", loc="outside right upper",
-               fontsize="small")
+    _legend_below(fig, axes[0], "method (split)")
     fig.suptitle("Accuracy per path over rounds: solid = test, dashed = validation (logged during training)")
     return Figure("compare.curves", "Accuracy over rounds, runs compared",
                   "Per-path accuracy logged each round in each run's metrics.jsonl.", _png(fig))
@@ -265,26 +317,89 @@ def compare_recall(report: Report, snapshot: str) -> Figure | None:
     if not runs:
         return None
     classes = report.runs[0].run.classes
-    paths = report.paths
-    ncols = min(2, len(paths))
-    nrows = -(-len(paths) // ncols)
-    panel_width = min(max(5.0, 0.3 * len(classes) * len(runs) + 1.5), MAX_INCHES / 2)
-    fig, axes = _new(panel_width * ncols + 1.5, 3.2 * nrows, ncols=ncols, nrows=nrows)
-    for ax, path in zip(axes, paths):
-        _grouped_bars(ax, classes, [(run.name, _recall(report, run, snapshot, path)) for run in runs])
+    fig, axes = _path_panels(len(report.paths), 2, 2.0)
+    for ax, path in zip(axes, report.paths):
+        _grouped_bars(ax, classes, [(label, _recall(report, run, snapshot, path))
+                                    for run, label in zip(runs, method_labels(runs))])
         ax.set_title(path)
         ax.set_xlabel("class")
-    for ax in axes[len(paths):]:
-        ax.set_visible(False)
-    fig.legend(*axes[0].get_legend_handles_labels(), title="run", loc="outside right upper", fontsize="small")
+    _legend_below(fig, axes[0], "method")
     fig.suptitle(f"Per-class recall per path · {SNAPSHOT_LABELS[snapshot]}")
     return Figure(f"compare.recall.{snapshot}", f"Per-class recall, runs compared · {SNAPSHOT_LABELS[snapshot]}",
                   "Recomputed from each run's saved test predictions.", _png(fig))
 
 
-def build_figures(report: Report, progress: Callable[[int, int], None] | None = None) -> list[Figure]:
-    """Every figure of the HTML report: the comparison's first, then each run's (a partition
-    shared by several runs once). ``progress(done, total)`` is called after each figure."""
+# ----------------------------------------------------------------------------- aggregated reports
+
+
+def _band(agg: Aggregate, label: str, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rounds, mean, std over the group's runs) of the logged test accuracy of ``path``; a run
+    that did not log a round is left out of that round's statistics."""
+    group = next(g for g in agg.groups if g.label == label)
+    series = [_series(m.run.run, "test", "accuracy", path) for m in group.members]
+    series = [(r, v) for r, v in series if r.size]
+    if not series:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    rounds = np.unique(np.concatenate([r for r, _ in series]))
+    matrix = np.full((len(series), rounds.size), np.nan)
+    for i, (r, v) in enumerate(series):
+        matrix[i, np.searchsorted(rounds, r)] = v
+    stats = summarise(matrix)
+    return rounds, np.array([s.mean for s in stats]), np.array([s.std for s in stats])
+
+
+def _group_title(agg: Aggregate) -> str:
+    """The legend title of an aggregated report's groups: "method", or the --group-by keys."""
+    return "method" if agg.group_by in ((), ("method",)) else ", ".join(agg.group_by)
+
+
+def group_curves(agg: Aggregate) -> Figure | None:
+    """Test accuracy per path over rounds: each group's mean over its runs, a band of ± one std."""
+    if not any(m.run.run.metrics for m in agg.members):
+        return None
+    fig, axes = _path_panels(len(agg.paths), 3, 1.9)
+    for ax, path in zip(axes, agg.paths):
+        for i, g in enumerate(agg.groups):
+            rounds, mean, std = _band(agg, g.label, path)
+            if not rounds.size:
+                continue
+            ax.plot(rounds, 100 * mean, color=colour(i), marker=MARKERS[i % len(MARKERS)],
+                    label=f"{g.label} (n={len(g.members)})")
+            ax.fill_between(rounds, 100 * (mean - std), 100 * (mean + std), color=colour(i), alpha=0.2, linewidth=0)
+        ax.set_title(path)
+        ax.set_ylabel("test accuracy (%)")
+        _round_axis(ax)
+    _legend_below(fig, axes[0], _group_title(agg))
+    return Figure("aggregate.curves", "Test accuracy over rounds, mean ± std over runs",
+                  "Test accuracy of each path logged each round in every run's metrics.jsonl: line = mean over the "
+                  "group's runs, band = ± one sample std (ddof=1; none with one run).", _png(fig))
+
+
+def group_recall(agg: Aggregate, snapshot: str) -> Figure | None:
+    """Per-class recall per path: each group's mean over its runs, error bars ± one std."""
+    if not agg.members:
+        return None
+    fig, axes = _path_panels(len(agg.paths), 2, 2.0)
+    for ax, path in zip(axes, agg.paths):
+        keys = [Key("per_class", path=path, cls=c, metric="recall") for c in agg.classes]
+        stats = [[agg.summary(snapshot, g, k) for k in keys] for g in agg.groups]
+        means = [np.array([s.mean if s else np.nan for s in row]) for row in stats]
+        stds = [np.array([s.std if s else np.nan for s in row]) for row in stats]
+        _grouped_bars(ax, agg.classes, [(g.label, m) for g, m in zip(agg.groups, means)], errors=stds)
+        ax.set_title(path)
+        ax.set_xlabel("class")
+    _legend_below(fig, axes[0], _group_title(agg))
+    fig.suptitle(f"Per-class recall per path · {SNAPSHOT_LABELS[snapshot]}")
+    return Figure(f"aggregate.recall.{snapshot}", f"Per-class recall, mean ± std over runs · "
+                  f"{SNAPSHOT_LABELS[snapshot]}", "Recomputed from every run's saved test predictions: bar = mean "
+                  "over the group's runs, error bar = ± one sample std (ddof=1).", _png(fig))
+
+
+# ----------------------------------------------------------------------------- all figures
+
+
+def _report_jobs(report: Report) -> list[Callable[[], Figure | None]]:
+    """The comparison's figures first, then each run's (a partition shared by runs once)."""
     jobs: list[Callable[[], Figure | None]] = []
     if report.compare:
         jobs.append(lambda: compare_curves(report))
@@ -297,9 +412,32 @@ def build_figures(report: Report, progress: Callable[[int, int], None] | None = 
             drawn_partitions.add(run.run.partition.path)
             jobs.append(lambda r=run: partition_heatmap(r.run))
         jobs.append(lambda r=run: client_accuracy(report, r))
+    return jobs
+
+
+def _aggregate_jobs(agg: Aggregate) -> list[Callable[[], Figure | None]]:
+    """Curves with bands, per-class recall per snapshot, then each partition the runs used."""
+    jobs: list[Callable[[], Figure | None]] = [lambda: group_curves(agg)]
+    jobs += [lambda s=s: group_recall(agg, s) for s in agg.snapshots]
+    partitions = {m.run.run.partition.path: m.run.run for m in agg.members if m.run.run.partition is not None}
+    jobs += [lambda r=run: partition_heatmap(r) for run in partitions.values()]
+    return jobs
+
+
+def build_figures(subject: Report | Aggregate, progress: Callable[[int, int], None] | None = None) -> list[Figure]:
+    """Every figure of a report or an aggregated report, drawn in the paper style and laid out
+    for good (the same bytes from every :meth:`Figure.render`). ``progress(done, total)`` is
+    called after each figure."""
+    jobs = _aggregate_jobs(subject) if isinstance(subject, Aggregate) else _report_jobs(subject)
     figures = []
-    for done, job in enumerate(jobs, 1):
-        figures.append(job())
-        if progress is not None:
-            progress(done, len(jobs))
-    return [f for f in figures if f is not None]
+    with rc_context(PAPER_STYLE):
+        for done, job in enumerate(jobs, 1):
+            figure = job()
+            if figure is not None:
+                # lay out once and keep it: every format then renders the very same figure
+                figure.drawing.draw_without_rendering()
+                figure.drawing.set_layout_engine("none")
+                figures.append(figure)
+            if progress is not None:
+                progress(done, len(jobs))
+    return figures

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.artifacts import (
-    KINDS, PARTITION_HEATMAP, PARTITION_STATS, RUN_METRICS, RUN_PREDICTIONS_DIR, Artifact, ArtifactError,
+    KINDS, PARTITION_STATS, RUN_METRICS, RUN_PREDICTIONS_DIR, Artifact, ArtifactError,
     Workspace, eval_paths,
 )
 from pipelines.partitioning import read_partition
@@ -68,14 +68,16 @@ class ClientPredictions:
 @dataclass(frozen=True)
 class PartitionInfo:
     """What a report uses of the run's partition: which modalities each client holds, the
-    clients x classes counts and the heatmap image ``cmi partition`` drew."""
+    clients x classes counts and the share of each client's samples holding each modality
+    (clients x modalities, from stats.json, or the held flags when it lacks them): what the
+    partition heatmap is drawn from."""
 
     name: str
     path: Path
     num_clients: int
     client_modalities: dict[str, np.ndarray]
     class_counts: np.ndarray | None
-    heatmap: Path | None
+    modality_share: np.ndarray | None
 
     def modality_label(self, client: int) -> str:
         held = [m for m, has in self.client_modalities.items() if client < has.size and has[client]]
@@ -106,6 +108,29 @@ class RunData:
     @property
     def name(self) -> str:
         return self.artifact.name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved training config the run was made with (its manifest params, as config.json)."""
+        return self.artifact.params
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed")
+        return int(seed) if isinstance(seed, int) else None
+
+    def setting(self, key: str) -> Any:
+        """The value of ``key`` for this run: ``method``, ``dataset``, ``partition``, ``status``, or a
+        dotted config key (``seed``, ``rounds``, ``fedcmi.kappa``, ``train.lr``...); None when the
+        run's config has no such key (e.g. ``fedcmi.kappa`` of a FedAvg run)."""
+        if key in ("method", "dataset", "status"):
+            return getattr(self, key)
+        if key == "partition":
+            return self.partition_name
+        value: Any = self.config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
 
     @property
     def complete(self) -> bool:
@@ -261,20 +286,32 @@ def _find_partition(workspace: Workspace, run: RunData) -> PartitionInfo | None:
 
 def _read_partition_info(artifact: Artifact) -> PartitionInfo:
     data = read_partition(artifact)
-    counts = None
     stats = artifact.file(PARTITION_STATS)
-    if stats.is_file():
-        counts_list = json.loads(stats.read_text(encoding="utf-8")).get("class_counts")
-        counts = np.asarray(counts_list, dtype=np.int64) if counts_list else None
-    heatmap = artifact.file(PARTITION_HEATMAP)
+    stats_data = json.loads(stats.read_text(encoding="utf-8")) if stats.is_file() else {}
+    counts_list = stats_data.get("class_counts")
+    counts = np.asarray(counts_list, dtype=np.int64) if counts_list else None
+    held = {m: np.asarray(flags, dtype=bool) for m, flags in data.client_modalities.items()}
     return PartitionInfo(
         name=artifact.name,
         path=artifact.path,
         num_clients=data.num_clients,
-        client_modalities={m: np.asarray(held, dtype=bool) for m, held in data.client_modalities.items()},
+        client_modalities=held,
         class_counts=counts,
-        heatmap=heatmap if heatmap.is_file() else None,
+        modality_share=_modality_share(stats_data, held),
     )
+
+
+def _modality_share(stats: dict[str, Any], held: dict[str, np.ndarray]) -> np.ndarray | None:
+    """(clients, modalities) share of each client's samples that have each modality: from
+    stats.json's ``modality_counts`` / ``client_sizes`` when present, else the held flags."""
+    if not held:
+        return None
+    counts, sizes = stats.get("modality_counts"), stats.get("client_sizes")
+    if counts and sizes and all(m in counts for m in held):
+        per_client = np.stack([np.asarray(counts[m], dtype=np.float64) for m in held], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nan_to_num(per_client / np.asarray(sizes, dtype=np.float64)[:, None])
+    return np.stack(list(held.values()), axis=1).astype(np.float64)
 
 
 def _note_completeness(run: RunData) -> None:

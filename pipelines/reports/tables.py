@@ -7,6 +7,8 @@ points; temperatures with three decimals.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -48,34 +50,75 @@ BETTER = {
     "worst10_mean": 1, "recall_std": -1, "recall_gap": -1, "std": -1,
 }
 UNITS_NOTE = "Rates in %; std, max−min and differences in percentage points."
+BEST_NOTE = ("Bold: the best value of a row as printed (higher is better; lower for recall std, max−min and std "
+             "over clients; counts and fused − path not bolded).")
 DELTA_NOTE = ("Δ = run − baseline; blue = better, vermillion = worse (lower is better for recall std, max−min "
               "and std over clients; counts and fused − path are not coloured).")
 
 
+#: how one number of a kind prints (pct/pp are fractions shown x100)
+_FORMATS = {"pct": "{:.1f}", "pp": "{:+.1f}", "num": "{:.3f}", "dnum": "{:+.3f}", "int": "{:d}", "dint": "{:+d}"}
+#: the unsigned kind a ``± spread`` of a kind prints as
+_SPREAD_KINDS = {"pp": "pct", "dnum": "num", "dint": "int"}
+MISSING = "—"
+NOT_AVAILABLE = "n/a"
+
+
+def format_number(value: Value | None, kind: str) -> str:
+    """``value`` as the kind prints it (see :data:`METRIC_KINDS`; ``p`` is a p-value); "—" for a
+    missing or NaN number ("n/a" for a p-value)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_AVAILABLE if kind == "p" else MISSING
+    if kind == "p":
+        return "<0.001" if float(value) < 0.001 else f"{float(value):.3f}"
+    if kind in ("pct", "pp"):
+        return _FORMATS[kind].format(100 * float(value))
+    if kind in ("int", "dint"):
+        return _FORMATS[kind].format(int(round(float(value))))
+    if kind in _FORMATS:
+        return _FORMATS[kind].format(float(value))
+    return str(value)
+
+
+def unsigned(kind: str) -> str:
+    """The kind a spread (a std) of a kind prints as: a signed kind's unsigned twin."""
+    return _SPREAD_KINDS.get(kind, kind)
+
+
 @dataclass(frozen=True)
 class Cell:
-    """A table value and how to print it (see :data:`METRIC_KINDS`; ``dint``/``dnum`` are signed).
+    """A table value and how to print it (see :data:`METRIC_KINDS`; ``dint``/``dnum`` are signed,
+    ``p`` a p-value).
 
-    ``better`` is, for a comparison delta, +1 when its metric improves upwards, -1 downwards and 0
-    when neither (counts, the signed modality gap); :attr:`tone` says whether a delta improves."""
+    ``value`` is a number or text, or a (low, high) pair printed as an interval ``[low, high]``;
+    ``spread`` adds ``± spread`` (a standard deviation). ``better`` is, for a comparison delta,
+    +1 when its metric improves upwards, -1 downwards and 0 when neither (counts, the signed
+    modality gap); :attr:`tone` says whether a delta improves. ``bold`` marks the best value of
+    a row."""
 
-    value: Value | None
+    value: Value | tuple[float, float] | None
     kind: str = "text"
     better: int = 0
+    spread: float | None = None
+    bold: bool = False
+
+    @property
+    def pieces(self) -> tuple[str, str | None]:
+        """(the value as printed, the spread as printed or None)."""
+        v = self.value
+        if isinstance(v, tuple):
+            ends = [format_number(x, self.kind) for x in v]
+            return (NOT_AVAILABLE if MISSING in ends else f"[{', '.join(ends)}]"), None
+        main = format_number(v, self.kind)
+        spread = self.spread
+        if spread is None or main == MISSING or math.isnan(spread):
+            return main, None
+        return main, format_number(spread, unsigned(self.kind))
 
     @property
     def text(self) -> str:
-        v = self.value
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "—"
-        formats = {"pct": "{:.1f}", "pp": "{:+.1f}", "num": "{:.3f}", "dnum": "{:+.3f}", "int": "{:d}", "dint": "{:+d}"}
-        if self.kind in ("pct", "pp"):
-            return formats[self.kind].format(100 * float(v))
-        if self.kind in ("int", "dint"):
-            return formats[self.kind].format(int(round(float(v))))
-        if self.kind in formats:
-            return formats[self.kind].format(float(v))
-        return str(v)
+        main, spread = self.pieces
+        return main if spread is None else f"{main} ± {spread}"
 
     @property
     def tone(self) -> str | None:
@@ -84,6 +127,24 @@ class Cell:
         if not self.better or text[0] not in "+-" or not text.strip("+-0."):
             return None
         return "better" if (text[0] == "+") == (self.better > 0) else "worse"
+
+
+def mark_best(cells: list[Cell], metric: str) -> list[Cell]:
+    """``cells`` (the values of one metric side by side) with the best bold: the highest as
+    printed, or the lowest for a metric that improves downwards (:data:`BETTER`); ties are all
+    bold. Nothing is bold for a metric without a direction or when all printed values are equal."""
+    direction = BETTER.get(metric, 0)
+    shown = []
+    for cell in cells:
+        try:
+            shown.append(float(cell.pieces[0]))
+        except ValueError:
+            shown.append(math.nan)
+    finite = [x for x in shown if not math.isnan(x)]
+    if not direction or len(set(finite)) < 2:
+        return cells
+    best = max(finite) if direction > 0 else min(finite)
+    return [dataclasses.replace(c, bold=True) if x == best else c for c, x in zip(cells, shown)]
 
 
 @dataclass
@@ -245,7 +306,7 @@ def _compare_table(
     base, others = report.runs[0], report.runs[1:]
     rows = []
     for labels, k in row_specs:
-        values = [metric_cell(k.metric, report.value(run, snapshot, k)) for run in report.runs]
+        values = mark_best([metric_cell(k.metric, report.value(run, snapshot, k)) for run in report.runs], k.metric)
         deltas = [delta_cell(k.metric, report.delta(run, snapshot, k)) for run in others]
         rows.append(list(labels) + values + deltas)
     columns = list(label_columns) + [run.name for run in report.runs] + [f"Δ {run.name}" for run in others]
@@ -253,7 +314,7 @@ def _compare_table(
         f"{run.name} r{run.snapshots[snapshot].round}" if snapshot in run.snapshots else f"{run.name}: none"
         for run in report.runs
     )
-    note = f"{note} Baseline {base.name}. Rounds: {rounds}."
+    note = f"{note} Baseline {base.name}. Rounds: {rounds}. {BEST_NOTE}"
     return Table(key, title, columns, rows, note, separators or set(), len(label_columns))
 
 
@@ -332,6 +393,23 @@ def report_notes(report: Report) -> list[str]:
     return [f"{run.name}: {note}" for run in report.runs for note in run.run.notes]
 
 
+@dataclass(frozen=True)
+class Document:
+    """What every text format shows of a report: a title, notes (INCOMPLETE ones first), the
+    units legend and the tables (the first one, the runs or groups, printed before the notes)."""
+
+    title: str
+    notes: list[str]
+    legend: str
+    tables: list[Table]
+
+
+def report_document(report: Report, *, per_class: bool, per_client: bool) -> Document:
+    title = "cmi report: " + " vs ".join(run.name for run in report.runs)
+    return Document(title, report_notes(report), legend(report),
+                    build_tables(report, per_class=per_class, per_client=per_client))
+
+
 # ----------------------------------------------------------------------------- rich
 
 #: Okabe–Ito blue / vermillion: a colour-blind-safe pair for better / worse comparison deltas
@@ -340,33 +418,48 @@ TONE_COLOURS = {"better": "#0072B2", "worse": "#D55E00"}
 
 def _rich_cell(cell: Cell) -> str:
     text = escape(cell.text)
-    return f"[{TONE_COLOURS[cell.tone]}]{text}[/]" if cell.tone else text
+    if cell.tone:
+        text = f"[{TONE_COLOURS[cell.tone]}]{text}[/]"
+    return f"[bold]{text}[/]" if cell.bold else text
 
 
 def to_rich(table: Table) -> RichTable:
-    out = RichTable(title=table.title, title_style="bold", header_style="bold", box=box.SIMPLE_HEAD)
+    """The table for rich; every user-visible string is escaped (run names may hold ``[...]``)."""
+    # at least as wide as the title, so that the title never wraps where there is room
+    out = RichTable(title=escape(table.title), title_style="bold", header_style="bold", box=box.SIMPLE_HEAD,
+                    min_width=len(table.title) + 2)
     for i, name in enumerate(table.columns):
         numeric = bool(table.rows) and any(row[i].kind != "text" for row in table.rows)
         # row labels never wrap and no value is ever cut; headers may wrap between words
         widest = max([len(word) for word in name.split()] + [len(row[i].text) for row in table.rows])
-        out.add_column(name, justify="right" if numeric else "left", no_wrap=i < table.label_columns,
+        out.add_column(escape(name), justify="right" if numeric else "left", no_wrap=i < table.label_columns,
                        min_width=widest)
     for i, row in enumerate(table.rows):
         out.add_row(*(_rich_cell(c) for c in row), end_section=i in table.separators)
     return out
 
 
-def print_report(console: Console, report: Report, tables: list[Table]) -> None:
-    """Print the tables (each note dimmed below it), with the runs' notes (INCOMPLETE warnings)
-    and the units legend after the runs table."""
-    console.print(to_rich(tables[0]))
-    notes = report_notes(report)
-    if notes:
-        incomplete = any("INCOMPLETE" in n for n in notes)
-        console.print(Panel(escape("\n".join(notes)), title="INCOMPLETE" if incomplete else "notes",
+#: narrowest console a document is printed on when output is not a terminal
+MIN_WIDTH = 100
+
+
+def document_width(document: Document) -> int:
+    """Characters a console needs to print every table of ``document`` unwrapped and uncut (at
+    least :data:`MIN_WIDTH`): the width for output that is not a terminal (a file, a pipe, a CI log)."""
+    probe = Console(file=io.StringIO(), width=1_000_000)
+    return max([MIN_WIDTH] + [probe.measure(to_rich(t)).maximum for t in document.tables])
+
+
+def print_document(console: Console, document: Document) -> None:
+    """Print the tables (each note dimmed below it), with the notes (INCOMPLETE warnings in a
+    yellow panel) and the units legend after the first table."""
+    console.print(to_rich(document.tables[0]))
+    if document.notes:
+        incomplete = any("INCOMPLETE" in n for n in document.notes)
+        console.print(Panel(escape("\n".join(document.notes)), title="INCOMPLETE" if incomplete else "notes",
                             border_style="bold yellow" if incomplete else "dim"))
-    console.print(legend(report), style="dim")
-    for table in tables[1:]:
+    console.print(escape(document.legend), style="dim")
+    for table in document.tables[1:]:
         console.print()
         console.print(to_rich(table))
         if table.note:

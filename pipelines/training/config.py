@@ -15,12 +15,19 @@ the same keys as tables::
 Sections of methods other than the chosen one are validated but not used, so one file can
 hold the settings of every method compared. An unknown key or a value of the wrong type is a
 :class:`CmiError` that lists the valid keys.
+
+A config file may also say where the run trains (:data:`LOCATION_KEYS`): ``partition = "NAME"``
+and ``dataset = "NAME"`` (the dataset that partition must come from). Every run directory holds a
+``config.toml`` with both and every setting spelled out (:func:`config_toml`), so
+``cmi train --config runs/<run>/config.toml`` repeats the run; a run's ``config.json`` is read too
+(its location then comes from the run's manifest beside it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 import types
 import typing
@@ -33,7 +40,9 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-from pipelines.artifacts import fingerprint
+import tomli_w
+
+from pipelines.artifacts import MANIFEST_NAME, ArtifactError, fingerprint, load_artifact
 from pipelines.errors import CmiError
 from pipelines.fl import METHODS, TrainConfig
 from pipelines.models import ModelConfig
@@ -52,6 +61,11 @@ class RunConfig:
 
     ``hparams`` is an instance of ``METHODS[method].Hparams``; it is written under the
     method's own name (``fedcmi.kappa``), never as a key called ``hparams``.
+
+    ``eval_every``: rounds between evaluations (the last round is always evaluated).
+    ``eval_train_every``: an evaluated round also evaluates on every client's training rows
+    (``client_accuracy``, the ``clients-*.parquet`` predictions) when it is a multiple of this,
+    the last round, or a new best on validation; None: every evaluated round.
     """
 
     method: str = "fedcmi"
@@ -59,6 +73,7 @@ class RunConfig:
     rounds: int = 20
     clients_per_round: int = 5
     eval_every: int = 1
+    eval_train_every: int | None = None
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 256
@@ -78,6 +93,8 @@ class RunConfig:
         """A short hash of what the run computes (the device does not count)."""
         body = self.to_dict()
         body.pop("device")
+        if body["eval_train_every"] is None:   # so runs started before the setting existed keep their identity
+            body.pop("eval_train_every")
         return fingerprint(body)[:8]
 
 
@@ -100,6 +117,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rounds": (lambda v: v >= 1, "an integer >= 1"),
     "clients_per_round": (lambda v: v >= 1, "an integer >= 1"),
     "eval_every": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_train_every": (lambda v: v is None or v >= 1, "an integer >= 1 (or none: every evaluated round)"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
 }
 
@@ -145,16 +163,68 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+#: keys of a config file that say where a run trains, not what it computes
+LOCATION_KEYS = ("partition", "dataset")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A TOML config file as dotted keys (validated later by :func:`resolve_config`)."""
+    """A config file as dotted keys, validated later by :func:`resolve_config` (see
+    :func:`split_location` for the location keys it may hold): TOML, or JSON such as a run's
+    ``config.json``, whose partition and dataset then come from the run manifest beside it."""
     path = Path(path)
     try:
+        if path.suffix.lower() == ".json":
+            values = flatten(json.loads(path.read_text(encoding="utf-8")))
+            return {**_run_location(path.parent), **values}
         with open(path, "rb") as fh:
             return flatten(tomllib.load(fh))
     except FileNotFoundError:
-        raise CmiError(f"config file {path} does not exist; pass an existing TOML file to --config.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CmiError(f"config file {path} is not valid TOML ({exc}); fix the file.") from None
+        raise CmiError(f"config file {path} does not exist; pass an existing TOML file "
+                       "(or a run's config.toml / config.json) to --config.") from None
+    except IsADirectoryError:
+        raise CmiError(f"{path} is a directory; pass a file to --config (a run's is {path}/config.toml).") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise CmiError(f"config file {path} is not valid {kind} ({exc}); fix the file.") from None
+
+
+def _run_location(directory: Path) -> dict[str, Any]:
+    """The partition and dataset of the run in ``directory``; nothing when it holds no run."""
+    if not (directory / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        manifest = load_artifact(directory, "run").manifest
+    except ArtifactError:
+        return {}
+    return {key: manifest[key] for key in LOCATION_KEYS if manifest.get(key)}
+
+
+def split_location(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Dotted config-file ``values`` -> (settings for :func:`resolve_config`, location): the
+    location holds the :data:`LOCATION_KEYS` present, each a name (a CmiError otherwise)."""
+    settings = {k: v for k, v in values.items() if k not in LOCATION_KEYS}
+    location = {k: values[k] for k in LOCATION_KEYS if k in values}
+    for key, value in location.items():
+        if not isinstance(value, str) or not value:
+            raise _bad_value(key, value, f"the name of a {key} in the workspace")
+    return settings, location
+
+
+def config_toml(config: RunConfig, *, partition: str, dataset: str, header: str = "") -> str:
+    """The text of a run's ``config.toml``: ``header`` as comment lines, the run's location and
+    every setting of ``config`` spelled out (a None as ``"none"``), so that the file reproduces
+    the run whatever the defaults of a later cmi are; :func:`read_config_file` and
+    :func:`resolve_config` read it back to an equal config."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return "none" if value is None else value
+
+    comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    body = tomli_w.dumps(plain({"partition": partition, "dataset": dataset, **config.to_dict()}))
+    return comments + body
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

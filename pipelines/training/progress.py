@@ -1,14 +1,21 @@
 """What an engine shows while it trains: a rich rounds bar with the current client, its loss and
-the last accuracies, and one line per evaluated round; or nothing (``--quiet``)."""
+the last accuracies, and one line per evaluated round; or nothing (``--quiet``). The same
+interface feeds a TensorBoard log (``--log tensorboard``) and an experiment's grid display in
+another process (:class:`QueueProgress`); :class:`FanOut` combines several."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipelines.errors import CmiError
 from pipelines.fl import ClientUpdate
+from pipelines.training.run_dir import metrics_table
+
+TENSORBOARD_DIR = "tensorboard"
 
 
 class QuietProgress:
@@ -89,3 +96,83 @@ class RichProgress(QuietProgress):
 
     def close(self) -> None:
         self.bar.stop()
+
+
+class FanOut(QuietProgress):
+    """Passes every call on to each of ``targets``, in order."""
+
+    def __init__(self, *targets: QuietProgress):
+        self.targets = targets
+
+    def start(self, total_rounds: int, rounds_done: int) -> None:
+        for t in self.targets:
+            t.start(total_rounds, rounds_done)
+
+    def round_started(self, round_: int, clients: Sequence[int]) -> None:
+        for t in self.targets:
+            t.round_started(round_, clients)
+
+    def client_started(self, cid: int) -> None:
+        for t in self.targets:
+            t.client_started(cid)
+
+    def client_finished(self, update: ClientUpdate) -> None:
+        for t in self.targets:
+            t.client_finished(update)
+
+    def round_finished(self, result) -> None:
+        for t in self.targets:
+            t.round_finished(result)
+
+    def close(self) -> None:
+        for t in self.targets:
+            t.close()
+
+
+def require_tensorboard() -> None:
+    """A CmiError naming the extra to install when TensorBoard logging is unavailable."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise CmiError('--log tensorboard needs the tensorboard package: pip install "cmi[tensorboard]" (from a '
+                       'checkout: pip install -c constraints.txt -e ".[tensorboard]"), or drop --log.') from None
+
+
+class TensorBoardLog(QuietProgress):
+    """Writes every evaluated round's numbers (the columns of ``metrics.csv``, dots as ``/``:
+    ``test/accuracy/fused``) as TensorBoard scalars with the round as step, into ``directory``
+    (a run's ``tensorboard/``). Call :func:`require_tensorboard` first."""
+
+    def __init__(self, directory: Path, classes: Sequence[str] | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(directory))
+        self.classes = list(classes) if classes is not None else None
+
+    def round_finished(self, result) -> None:
+        if result.record is None:
+            return
+        _, (row,) = metrics_table([result.record], self.classes)
+        for key, value in row.items():
+            if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key.replace(".", "/"), value, result.round)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class QueueProgress(QuietProgress):
+    """Reports a run's rounds to another process through ``queue`` as tuples tagged with
+    ``key`` (an experiment cell's index): ``("start", key, rounds_done, total_rounds)`` and,
+    per finished round, ``("round", key, round, test accuracy per path or None)``."""
+
+    def __init__(self, queue: Any, key: int):
+        self.queue, self.key = queue, key
+
+    def start(self, total_rounds: int, rounds_done: int) -> None:
+        self.queue.put(("start", self.key, rounds_done, total_rounds))
+
+    def round_finished(self, result) -> None:
+        test = (result.record or {}).get("test")
+        self.queue.put(("round", self.key, result.round, dict(test["accuracy"]) if test else None))

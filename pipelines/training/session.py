@@ -2,45 +2,42 @@
 
 An engine (local loop, Flower ServerApp) asks :meth:`TrainingSession.plan_round` which clients
 train, gets their updates (each computed with :func:`~pipelines.training.rounds.client_seed`
-by ``method.client_update``), and hands them to :meth:`TrainingSession.finish_round`, which
-checks them, aggregates, evaluates when due, logs metrics, saves predictions and checkpoints.
+by ``method.client_update`` and checked by :func:`~pipelines.training.rounds.check_update`), and
+hands them to :meth:`TrainingSession.finish_round`, which aggregates, evaluates when due, logs
+metrics, saves predictions and checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import shlex
 import shutil
+import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from pipelines.artifacts import Workspace, eval_paths as paths_for, fingerprint
+import pipelines
+from pipelines.artifacts import Artifact, Workspace, eval_paths as paths_for, fingerprint
 from pipelines.errors import CmiError
-from pipelines.fl import ClientData, ClientUpdate, FedAvg, get_method
+from pipelines.fl import ClientUpdate, FedAvg, TrainPool
 from pipelines.models import build_model
-from pipelines.training.config import RunConfig, resolve_config
+from pipelines.training.config import RunConfig, config_toml, resolve_config
 from pipelines.training.data import TrainingData, load_training_data
 from pipelines.training.evaluation import Predictions, client_accuracy, predict, selection_path, split_metrics
 from pipelines.training.rounds import (
-    TrainingDiverged, check_update, client_seed, init_seed, mean_loss, mean_temperatures, sample_clients,
-    train_client,
+    POOLED_CLIENT, TrainingDiverged, build_method, client_seed, init_seed, mean_loss, mean_temperatures,
+    method_clients, resolve_device, sample_clients, train_client,
 )
-from pipelines.training.run_dir import Checkpoint, RunDirectory, State
-
-#: client id of the single pooled client of a ``pooled`` (centralized) method
-POOLED_CLIENT = 0
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when a GPU is visible, else CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise CmiError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto.")
-    return torch.device(requested)
+from pipelines.training.run_dir import RUN_CONFIG_TOML, Checkpoint, RunDirectory, State, state_bytes
+from pipelines.training.threads import use_threads
 
 
 @dataclass
@@ -62,29 +59,25 @@ class TrainingSession:
 
     def __init__(self, run: RunDirectory, config: RunConfig, data: TrainingData, device: torch.device):
         self.run, self.config, self.data, self.device = run, config, data, device
-        self.method_cls: type[FedAvg] = get_method(config.method)
+        self.method = build_method(config, data.specs, data.num_classes, device)
+        self.method_cls: type[FedAvg] = type(self.method)
         self.eval_paths = paths_for(list(data.modalities))
         self.model_specs = self.method_cls.select_specs(data.specs, config.hparams)
-        specs, classes = self.model_specs, data.num_classes
-        self.model_factory: Callable[[], torch.nn.Module] = lambda: build_model(specs, classes, config.model)
-        self.method = self.method_cls(self.model_factory, config.train, config.hparams, device)
-        self.eval_model = self._initial_model().to(device)
-        self.global_state: State = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
-        self.client_states: dict[int, State] = {}
+        self.eval_model = self.method.model   # evaluation loads each state it predicts with, as training does
+        self.global_state: State = {k: v.to(device) for k, v in self._initial_model().state_dict().items()}
+        self.client_states = run.client_states()   # on disk, read when needed (non-federated methods)
+        self._predictions: dict[tuple, Predictions] = {}   # cache of _model_predictions, by state digest
         self.selection = selection_path(self.eval_model.modalities)
         self.rounds_done = 0
         self.best_round: int | None = None
         self.best_score: float | None = None
-        self.identity = run_identity(config, data)
-        if self.method_cls.pooled:
-            self.clients = [ClientData(POOLED_CLIENT, np.arange(len(data.train)), data.modalities)]
-        else:
-            self.clients = data.clients
-            if config.clients_per_round > len(self.clients):
-                raise CmiError(
-                    f"clients_per_round is {config.clients_per_round} but partition {data.partition.name} has "
-                    f"{len(self.clients)} clients; lower --clients-per-round or run `cmi partition` with more clients."
-                )
+        self.identity = run_identity(config, data.partition)
+        self.clients = method_clients(self.method, data)
+        if not self.method_cls.pooled and config.clients_per_round > len(self.clients):
+            raise CmiError(
+                f"clients_per_round is {config.clients_per_round} but partition {data.partition.name} has "
+                f"{len(self.clients)} clients; lower --clients-per-round or run `cmi partition` with more clients."
+            )
 
     def _initial_model(self) -> torch.nn.Module:
         return build_model(self.model_specs, self.data.num_classes, self.config.model, seed=init_seed(self.config.seed))
@@ -99,19 +92,30 @@ class TrainingSession:
     def finished(self) -> bool:
         return self.rounds_done >= self.config.rounds
 
+    @property
+    def recorded_threads(self) -> int | None:
+        """The torch thread count the run last trained with (None before its first start)."""
+        return self.run.artifact().manifest.get("threads")
+
     def inputs(self) -> dict[str, str]:
         """The run manifest's ``inputs``: fingerprints of the dataset and partition."""
         return {"dataset": self.data.dataset.fingerprint, "partition": self.data.partition.fingerprint}
 
     def begin(self) -> None:
-        """Create the run directory (manifest with status ``running``, config.json) of a new run,
-        or continue an existing one from its last checkpoint."""
+        """Create the run directory (manifest with status ``running``, config.json, config.toml)
+        of a new run, or continue an existing one from its last checkpoint. The manifest also
+        records the cmi, torch and Python versions and the command line that started the run."""
         if self.run.exists():
             self.restore()
             self.mark_resumed()
             return
         data, config = self.data, self.config
-        self.run.create(config.to_dict(), self.inputs(), {
+        versions = {"cmi": pipelines.__version__, "torch": torch.__version__, "python": platform.python_version()}
+        header = (f"Settings of run {self.run.name} (cmi {versions['cmi']}, torch {versions['torch']}, Python "
+                  f"{versions['python']}).\n`cmi train --config {RUN_CONFIG_TOML} --name NEW` trains it again; "
+                  "give it the run's --threads (manifest.json: threads) for identical numbers.")
+        toml = config_toml(config, partition=data.partition.name, dataset=data.dataset.name, header=header)
+        self.run.create(config.to_dict(), toml, self.inputs(), {
             "method": config.method,
             "engine": config.engine,
             "dataset": data.dataset.name,
@@ -124,6 +128,8 @@ class TrainingSession:
             "best_round": None,
             "device": str(self.device),
             "identity": self.identity,
+            "versions": versions,
+            "command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         })
 
     def restore(self) -> None:
@@ -134,9 +140,8 @@ class TrainingSession:
                 f"the checkpoint in {self.run.path} belongs to other settings; start the run again with --force."
             )
         if ckpt is not None:
-            on_device = lambda state: {k: v.to(self.device) for k, v in state.items()}  # noqa: E731
-            self.global_state = on_device(ckpt.global_state)
-            self.client_states = {cid: on_device(state) for cid, state in ckpt.client_states.items()}
+            self.global_state = {k: v.to(self.device) for k, v in ckpt.global_state.items()}
+            self.client_states.reset(ckpt.clients)
             self.rounds_done, self.best_round, self.best_score = ckpt.round, ckpt.best_round, ckpt.best_score
         self.run.truncate_metrics(self.rounds_done)
 
@@ -159,22 +164,24 @@ class TrainingSession:
     def finish_round(self, round_: int, updates: list[ClientUpdate], started: float,
                      failed: Sequence[int] = ()) -> RoundResult:
         """Aggregate ``updates`` (those with samples; the others are skipped), evaluate when due,
-        write metrics/predictions and the checkpoint. ``started`` is the round's
-        ``time.perf_counter()`` start; ``failed`` lists clients an engine lost in the round (logged
-        as ``failed_clients``)."""
-        for update in updates:
-            check_update(round_, update)
+        write metrics/predictions and the checkpoint (the states of the clients trained in the
+        round, when the method keeps any, are written then). ``updates`` must have passed
+        :func:`~pipelines.training.rounds.check_update` (``train_client`` checks them; the Flower
+        strategy checks what it receives). ``started`` is the round's ``time.perf_counter()``
+        start; ``failed`` lists clients an engine lost in the round (logged as ``failed_clients``)."""
         trained = [u for u in updates if u.num_samples > 0]
         skipped = sorted(u.cid for u in updates if u.num_samples == 0)
         if trained:
             self.global_state = self.method.aggregate(self.global_state, trained)
-        self.client_states.update({u.cid: u.client_state for u in trained if u.client_state is not None})
+        for update in trained:
+            if update.client_state is not None:
+                self.client_states.put(update.cid, update.client_state)
         record = None
         if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
             record = self._evaluate(round_, trained, started, failed)
         self.rounds_done = round_
-        self.run.save_checkpoint(Checkpoint(round_, self.global_state, self.client_states, self.best_round,
-                                            self.best_score, self.identity))
+        self.run.save_checkpoint(Checkpoint(round_, self.global_state, dict(self.client_states.digests),
+                                            self.best_round, self.best_score, self.identity))
         self.run.update(rounds_done=round_, best_round=self.best_round)
         return RoundResult(round_, sorted(u.cid for u in trained), skipped, record)
 
@@ -213,16 +220,34 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _models(self) -> list[tuple[int | None, State]]:
-        """The models evaluated: the global one, or every client's own (non-federated)."""
+    def _models(self) -> list[tuple[int | None, str | None]]:
+        """The evaluated models as (client id, state digest): the global model alone, (None,
+        None), for a federated method; else every client's own model, the digest of its state (of
+        the global state for a client never trained), which keys the cached predictions."""
         if self.method_cls.federated:
-            return [(None, self.global_state)]
-        return [(c.cid, self.client_states.get(c.cid, self.global_state)) for c in self.clients]
+            return [(None, None)]
+        global_digest = hashlib.sha256(state_bytes(self.global_state)).hexdigest()
+        return [(c.cid, self.client_states.digests.get(c.cid, global_digest)) for c in self.clients]
 
-    def _predict(self, state: State, split_pool, indices: np.ndarray | None = None) -> Predictions:
-        self.eval_model.load_state_dict(state)
-        return predict(self.eval_model, split_pool, self.eval_paths, self.data.modalities,
-                       self.config.eval_batch_size, indices)
+    def _model_predictions(self, cid: int | None, key: tuple | None, pool: TrainPool,
+                           indices: np.ndarray | None = None) -> Predictions:
+        """Client ``cid``'s model (the global one for None or a client never trained) on ``pool``
+        rows ``indices``. With a ``key`` (ending in the state's digest) the predictions are cached:
+        a model whose state did not change since it was last evaluated is not run again."""
+        if key is not None and key in self._predictions:
+            return self._predictions[key]
+        self.eval_model.load_state_dict(self.client_states.get(cid, self.global_state))
+        pred = predict(self.eval_model, pool, self.eval_paths, self.data.modalities, self.config.eval_batch_size,
+                       indices)
+        if key is not None:
+            self._predictions[key] = pred
+        return pred
+
+    def _train_pool_due(self, round_: int) -> bool:
+        """Whether an evaluated round evaluates on the training pool by the ``eval_train_every``
+        schedule (a new best round does in any case, for its saved client predictions)."""
+        every = self.config.eval_train_every
+        return every is None or round_ % every == 0 or round_ == self.config.rounds
 
     def _evaluate(self, round_: int, updates: list[ClientUpdate], started: float,
                   failed: Sequence[int]) -> dict[str, Any]:
@@ -231,11 +256,12 @@ class TrainingSession:
         split_preds: dict[str, Predictions] = {}
         for split, samples in self.data.splits.items():
             if len(samples):
-                split_preds[split] = Predictions.concat([self._predict(s, samples.pool) for _, s in models])
+                split_preds[split] = Predictions.concat([
+                    self._model_predictions(cid, None if digest is None else (split, digest), samples.pool)
+                    for cid, digest in models])
                 blocks[split] = split_metrics(split_preds[split], self.data.num_classes)
             else:
                 blocks[split] = None
-        train_ids, train_client, routed, labels = self._client_predictions(models)
         record = {
             "round": round_,
             "clients": sorted(u.cid for u in updates),
@@ -244,7 +270,7 @@ class TrainingSession:
             "temperatures": mean_temperatures(updates),
             "val": blocks.get("val"),
             "test": blocks.get("test"),
-            "client_accuracy": client_accuracy(train_client, labels, routed),
+            "client_accuracy": None,
         }
         score = (blocks.get("val") or {}).get("accuracy", {}).get(self.selection)
         improved = self.best_round is None or score is None or self.best_score is None or score > self.best_score
@@ -253,22 +279,28 @@ class TrainingSession:
             self.best_round, self.best_score = round_, score
             if self.method_cls.federated:
                 self.run.save_best(self.global_state, round_)
-        for which in snapshots:
-            self._write_predictions(which, round_, models, split_preds.get("test"), train_ids, train_client,
-                                    labels, routed)
+        if improved or self._train_pool_due(round_):
+            train_ids, train_client, routed, labels = self._client_predictions(models)
+            record["client_accuracy"] = client_accuracy(train_client, labels, routed)
+            for which in snapshots:
+                self._write_predictions(which, round_, models, split_preds.get("test"), train_ids, train_client,
+                                        labels, routed)
+        live = {digest for _, digest in models}
+        self._predictions = {key: pred for key, pred in self._predictions.items() if key[-1] in live}
         record["time_s"] = round(time.perf_counter() - started, 4)
         self.run.append_metrics(record)
         return record
 
-    def _client_predictions(self, models: list[tuple[int | None, State]]):
+    def _client_predictions(self, models: list[tuple[int | None, str | None]]):
         """Routed predictions of the evaluated model(s) on every client's own training rows:
         (ids, client, routed, labels), rows grouped by client for a non-federated method."""
         train = self.data.train
         if self.method_cls.federated:
-            pred = self._predict(models[0][1], train.pool)
+            pred = self._model_predictions(None, None, train.pool)
             return train.ids, self.data.train_client, pred.routed, pred.labels
         rows = [c.indices for c in self.clients]
-        preds = [self._predict(state, train.pool, c.indices) for (_, state), c in zip(models, self.clients)]
+        preds = [self._model_predictions(cid, ("train", cid, digest), train.pool, c.indices)
+                 for (cid, digest), c in zip(models, self.clients)]
         order = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         merged = Predictions.concat(preds)
         return train.ids[order], self.data.train_client[order], merged.routed, merged.labels
@@ -288,21 +320,30 @@ class TrainingSession:
 # ---------------------------------------------------------------------- opening a run
 
 
-def run_identity(config: RunConfig, data: TrainingData) -> str:
-    """Short hash of what a run computes: its config (device aside) and its exact inputs."""
-    return fingerprint([config.identity(), data.partition.fingerprint, data.dataset.fingerprint])[:8]
+def run_identity(config: RunConfig, partition: Artifact) -> str:
+    """Short hash of what a run computes: its config (device aside) and its exact inputs, the
+    partition and the dataset it was made from (whose fingerprint the partition records)."""
+    return fingerprint([config.identity(), partition.fingerprint, partition.manifest["inputs"]["dataset"]])[:8]
 
 
 def default_run_name(config: RunConfig, data: TrainingData) -> str:
-    return f"{config.method}-{data.partition.name}-s{config.seed}-{run_identity(config, data)[:6]}"
+    """``<method>-<dataset>-s<seed>-<identity>``, e.g. ``fedcmi-synthetic-s0-4ecdff``: the
+    identity hash stands for the partition and every other setting."""
+    return f"{config.method}-{data.dataset.name}-s{config.seed}-{run_identity(config, data.partition)[:6]}"
 
 
 def open_session(workspace: Workspace, config: RunConfig, *, partition: str | None = None,
-                 name: str | None = None, force: bool = False) -> TrainingSession:
-    """Start a run of ``config`` on ``partition`` (latest by default). An existing run directory
+                 name: str | None = None, force: bool = False, dataset: str | None = None) -> TrainingSession:
+    """Start a run of ``config`` on ``partition`` (latest by default), which must come from
+    ``dataset`` when that is given (a run's config.toml says both). An existing run directory
     of the same name and settings is continued (so repeating an interrupted command resumes it);
     ``force`` deletes it and starts over."""
     data = load_training_data(workspace, partition)
+    if dataset is not None and data.dataset.name != dataset:
+        raise CmiError(
+            f"partition {data.partition.name} was made from dataset {data.dataset.name}, not {dataset}; pass "
+            f"--partition with a partition of {dataset} (`cmi partition --dataset {dataset}` makes one)."
+        )
     run = RunDirectory(workspace.artifact_dir("run", name or default_run_name(config, data)))
     if run.path.exists() and force:
         shutil.rmtree(run.path)
@@ -313,6 +354,22 @@ def open_session(workspace: Workspace, config: RunConfig, *, partition: str | No
             f"or pass --force to start it over."
         )
     return _begin(workspace, session)
+
+
+def run_engine(session: TrainingSession, progress, *, threads: int, flower_options=None) -> None:
+    """Train ``session``'s remaining rounds on its engine with ``threads`` torch threads (the
+    previous count is restored after), recording the thread count and this process (``pid``,
+    ``host``: `cmi runs` tells an interrupted run from a running one by them) in the manifest.
+    ``flower_options`` (a FlowerOptions) are for ``engine = "flower"`` only."""
+    from pipelines.engines import get_engine  # late: the engines import this module
+
+    engine = get_engine(session.config.engine)
+    with use_threads(threads):
+        session.run.update(threads=threads, pid=os.getpid(), host=socket.gethostname())
+        if session.config.engine == "flower":
+            engine(session, progress, flower_options)
+        else:
+            engine(session, progress)
 
 
 def _begin(workspace: Workspace, session: TrainingSession) -> TrainingSession:

@@ -91,6 +91,9 @@ class RunSpec:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, Predictions] = field(default_factory=dict)
     clients: dict[str, ClientPreds] = field(default_factory=dict)
+    seed: int = 0
+    #: more of the resolved config (nested tables, e.g. {"fedcmi": {"kappa": 2.0}})
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def metrics_line(round_: int, paths: Sequence[str], acc: float, *, n_classes: int = 3,
@@ -117,7 +120,8 @@ def write_run(ws: Workspace, name: str, spec: RunSpec) -> Artifact:
     directory = ws.artifact_dir("run", name)
     directory.mkdir(parents=True)
     paths = eval_paths(list(spec.modalities))
-    atomic_write_json(directory / RUN_CONFIG, {"method": spec.method, "rounds": spec.rounds_total})
+    config = {"method": spec.method, "seed": spec.seed, "rounds": spec.rounds_total, **spec.config}
+    atomic_write_json(directory / RUN_CONFIG, config)
     (directory / RUN_METRICS).write_text("".join(json.dumps(line) + "\n" for line in spec.metrics))
     for snap, p in spec.test.items():
         n = len(p.labels)
@@ -135,7 +139,7 @@ def write_run(ws: Workspace, name: str, spec: RunSpec) -> Artifact:
     inputs = {}
     if spec.partition and (ws.artifact_dir("partition", spec.partition) / "manifest.json").is_file():
         inputs["partition"] = load_artifact(ws.artifact_dir("partition", spec.partition), "partition").fingerprint
-    write_manifest(directory, "run", {"method": spec.method, "seed": 0}, inputs=inputs, files=[RUN_CONFIG],
+    write_manifest(directory, "run", config, inputs=inputs, files=[RUN_CONFIG],
                    extra={"status": spec.status, "method": spec.method, "engine": "local", "dataset": "toy",
                           "partition": spec.partition, "classes": list(spec.classes),
                           "modalities": list(spec.modalities), "eval_paths": paths,

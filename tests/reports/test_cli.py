@@ -1,7 +1,8 @@
 """`cmi report` through the real CLI app."""
 
-import base64
 import json
+import re
+from xml.etree import ElementTree
 
 import pytest
 from typer.testing import CliRunner
@@ -86,10 +87,12 @@ def test_compare_html_is_one_self_contained_file_with_every_figure_and_table(toy
     assert scan.captions == [t.title for t in tables]
     assert scan.tags.count("table") == len(tables)
     # compare: curves + recall (best, final); per run: curves, recall, balance, clients; the shared heatmap once
-    assert len(scan.images) == text.count('<img src="data:image/png;base64,') == 3 + 2 * 4 + 1
-    pngs = [base64.b64decode(src.split(",", 1)[1]) for src in scan.images]
-    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
-    heatmap = (toy.ws.artifact_dir("partition", "p") / "heatmap.png").read_bytes()
-    assert pngs.count(heatmap) == 1
+    svgs = re.findall(r"<svg\b.*?</svg>", text, re.S)
+    assert len(svgs) == scan.tags.count("figure") == 3 + 2 * 4 + 1 and not scan.images
+    for svg in svgs:
+        ElementTree.fromstring(svg)  # every inline figure is well-formed SVG (vector)
+    ids = re.findall(r'\bid="([^"]+)"', text)
+    assert len(ids) == len(set(ids))  # figures never share an id on the page
+    assert text.count("<b>Clients × classes · partition p.</b>") == 1
     assert scan.urls == [] and "script" not in scan.tags and "link" not in scan.tags
     assert "Δ fedcmi" in text and "INCOMPLETE" not in text

@@ -76,7 +76,7 @@ def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
     for block in text.split("\n### ")[1:]:
         title, *lines = block.split("\n")
         rows = [line for line in lines if line.startswith("|")]
-        tables[title] = [[c.strip() for c in r.strip("|").split(" | ")] for r in rows[2:]]
+        tables[title] = [[c.strip().strip("*") for c in r.strip("|").split(" | ")] for r in rows[2:]]  # bold = best
     return tables
 
 
@@ -104,6 +104,11 @@ def test_markdown_has_every_table_and_agrees_with_json(compare_report):
         assert delta_cell == f"{100 * d:+.1f}"
         checked += 1
     assert checked == 5 * 6 + 4  # 6 numeric metrics per path, plus fused − path for the 4 other paths
+    text = render(compare_report, "markdown")
+    # the best run of a row is bold: fedcmi's fused accuracy, fedavg's lower fused recall std; equal rows none
+    assert "| fused | accuracy | 77.8 | **88.9** | +11.1 |" in text
+    assert "| fused | recall std | **20.8** | 23.6 | +2.8 |" in text
+    assert "| fused | worst recall | 50.0 | 50.0 | +0.0 |" in text
     fused = md["Per-class recall · fused · test-final (last round)"]
     assert fused == [["a", "4", "100.0", "100.0", "+0.0"], ["b", "3", "66.7", "100.0", "+33.3"],
                      ["c", "3", "50.0", "50.0", "+0.0"]]
@@ -153,7 +158,7 @@ def test_html_of_a_run_without_predictions_says_incomplete(toy):
     scan = HtmlScan()
     scan.feed(text)
     assert '<div class="incomplete">dead: INCOMPLETE: run status is &#x27;failed&#x27;' in text
-    assert len(scan.images) == 1  # only the partition heatmap exists
+    assert scan.tags.count("svg") == 1 and not scan.images  # only the partition heatmap, inline SVG
     assert scan.captions == ["Runs"]
 
 

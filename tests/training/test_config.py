@@ -1,12 +1,15 @@
+import json
 from pathlib import Path
 
 import pytest
 
+from pipelines.artifacts import fingerprint
 from pipelines.errors import CmiError
 from pipelines.fl import FedCMIHparams, TrainConfig
 from pipelines.models import ModelConfig
 from pipelines.training.config import (
-    DEFAULT_TRAIN, RunConfig, config_keys, parse_assignment, read_config_file, resolve_config,
+    DEFAULT_TRAIN, RunConfig, config_keys, config_toml, flatten, parse_assignment, read_config_file,
+    resolve_config, split_location,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -84,11 +87,15 @@ def test_to_dict_round_trips_and_identity_ignores_the_device():
     cfg = resolve_config({"method": "fedprox", "fedprox.mu": 0.1, "model.fusion": "film", "seed": 3})
     assert resolve_config(cfg.to_dict()) == cfg
     assert set(cfg.to_dict()) == {
-        "method", "engine", "rounds", "clients_per_round", "eval_every", "seed", "device", "eval_batch_size",
-        "model", "train", "fedprox",
+        "method", "engine", "rounds", "clients_per_round", "eval_every", "eval_train_every", "seed", "device",
+        "eval_batch_size", "model", "train", "fedprox",
     }
     assert resolve_config(cfg.to_dict(), {"device": "cuda"}).identity() == cfg.identity()
     assert resolve_config(cfg.to_dict(), {"seed": 4}).identity() != cfg.identity()
+    # eval_train_every at its default leaves the identity of runs made before the setting existed
+    before = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "eval_train_every")}
+    assert cfg.identity() == fingerprint(before)[:8]
+    assert resolve_config(cfg.to_dict(), {"eval_train_every": 5}).identity() != cfg.identity()
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -130,7 +137,11 @@ def test_every_key_has_a_type():
     assert "hparams" not in keys and "model" not in keys
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+#: the training configs of examples/ (experiment-*.toml are experiment files: tests/experiments)
+CONFIG_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.toml") if not p.name.startswith("experiment-"))
+
+
+@pytest.mark.parametrize("path", CONFIG_EXAMPLES, ids=lambda p: p.name)
 def test_examples_load(path):
     cfg = resolve_config(read_config_file(path))
     assert isinstance(cfg, RunConfig)
@@ -141,6 +152,39 @@ def test_examples_load(path):
 
 
 def test_there_are_paper_and_cpu_quick_examples_for_each_dataset():
-    names = {p.name for p in EXAMPLES.glob("*.toml")}
+    names = {p.name for p in CONFIG_EXAMPLES}
     for dataset in ("cremad", "ave", "crisismmd"):
         assert {f"{dataset}.toml", f"{dataset}-cpu-quick.toml"} <= names
+
+
+def test_config_toml_reads_back_to_the_same_config_and_location(tmp_path):
+    cfg = resolve_config({"method": "fedcmi", "fedcmi.uniform_temperature": "none", "fedcmi.kappa": 1.5,
+                          "model.fusion": "film", "train.lr": 1e-3, "seed": 7})
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(cfg, partition="p-1", dataset="toy", header="line one\nline two"))
+    assert path.read_text().startswith("# line one\n# line two\n")
+    settings, location = split_location(read_config_file(path))
+    assert location == {"partition": "p-1", "dataset": "toy"}
+    assert resolve_config(settings) == cfg and resolve_config(settings).hparams.uniform_temperature is None
+    # every setting is spelled out, so a later change of a default cannot change what the file means
+    assert set(settings) == set(flatten(cfg.to_dict()))
+
+
+def test_a_json_config_is_read_and_a_run_config_json_takes_its_location_from_the_manifest(tmp_path):
+    from pipelines.artifacts import write_manifest
+
+    cfg = resolve_config({"method": "fedprox", "rounds": 3})
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    assert split_location(read_config_file(tmp_path / "config.json"))[1] == {}
+    write_manifest(tmp_path, "run", cfg.to_dict(), extra={"status": "complete", "partition": "p", "dataset": "d"})
+    settings, location = split_location(read_config_file(tmp_path / "config.json"))
+    assert location == {"partition": "p", "dataset": "d"} and resolve_config(settings) == cfg
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CmiError, match="not valid JSON"):
+        read_config_file(tmp_path / "bad.json")
+
+
+def test_location_keys_must_be_names():
+    with pytest.raises(CmiError, match="'partition' must be the name of a partition"):
+        split_location({"partition": 3, "rounds": 2})
+    assert split_location({"rounds": 2}) == ({"rounds": 2}, {})

@@ -46,7 +46,7 @@ def test_run_directory_holds_manifest_config_metrics_predictions_and_checkpoints
     assert m["classes"] == ["a", "b", "c"] and m["modalities"] == ["audio", "visual"] and m["eval_paths"] == PATHS
     assert m["inputs"] == {"dataset": ws.resolve("dataset").fingerprint, "partition": ws.resolve("partition").fingerprint}
     assert m["params"] == s.config.to_dict() == json.loads((s.run.path / "config.json").read_text())
-    assert s.run.name.startswith(f"fedcmi-{m['partition']}-s0-")
+    assert s.run.name.startswith(f"fedcmi-{m['dataset']}-s0-")
     assert ws.latest_name("run") == s.run.name
 
     lines = s.run.read_metrics()
@@ -98,6 +98,26 @@ def test_eval_every_logs_every_nth_and_the_last_round(ws):
     assert s.run.artifact().manifest["rounds_done"] == 5
 
 
+def test_eval_train_every_evaluates_the_training_pool_on_its_rounds_the_last_and_new_bests(ws):
+    every = train(ws, name="train-eval-every", method="fedavg", rounds=7)
+    sparse = train(ws, name="train-eval-sparse", method="fedavg", rounds=7, eval_train_every=3)
+    best_so_far, expected = None, []
+    for line in every.run.read_metrics():
+        score = line["val"]["accuracy"]["fused"]
+        new_best = best_so_far is None or score > best_so_far
+        best_so_far = score if new_best else best_so_far
+        expected.append(line["round"] % 3 == 0 or line["round"] == 7 or new_best)
+    assert not all(expected)   # the case arises: some rounds skip the training pool
+    for full, line, due in zip(every.run.read_metrics(), sparse.run.read_metrics(), expected):
+        assert line["client_accuracy"] == (full["client_accuracy"] if due else None)
+        assert {k: v for k, v in line.items() if k not in ("time_s", "client_accuracy")} == \
+            {k: v for k, v in full.items() if k not in ("time_s", "client_accuracy")}
+    for name in ("clients-best", "clients-final", "test-best"):
+        a = pq.read_table(every.run.path / "predictions" / f"{name}.parquet")
+        b = pq.read_table(sparse.run.path / "predictions" / f"{name}.parquet")
+        assert a.equals(b) and a.schema.metadata == b.schema.metadata
+
+
 def test_same_seed_same_metrics_and_weights(ws):
     a = train(ws, name="det-a", method="fedcmi")
     b = train(ws, name="det-b", method="fedcmi")
@@ -116,7 +136,7 @@ def test_local_method_evaluates_every_client_model(ws):
     assert final.column("model").to_numpy().tolist() == np.repeat(np.arange(k), n_test).tolist()
     sampled = sorted({c for line in s.run.read_metrics() for c in line["clients"]})
     ckpt = s.run.load_checkpoint()
-    assert sorted(ckpt.client_states) == sampled
+    assert sorted(ckpt.clients) == sampled == sorted(s.client_states.keys())
     initial = s._initial_model().state_dict()
     assert all(torch.equal(ckpt.global_state[key], initial[key]) for key in initial)
     # the logged accuracy is the mean over client models
