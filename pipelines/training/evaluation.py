@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.fl import TrainPool
-from pipelines.fl.fedcmi import PROB_EPS, ground_truth_probability
+from pipelines.fl.fedcmi import dominance_ratio
 from pipelines.reports.metrics import client_stats, path_metrics
 
 
@@ -25,25 +25,25 @@ class Predictions:
 
     ``paths[p]``: (N,) int32 class per eval path, -1 where the path is undefined for the row
     (or the model has no such path); ``routed``: (N,) int32 prediction of the path the sample's
-    modalities select (-1 for a sample with no modality); ``ratio``: (N,) float64 P_A/P_B of the
-    ground-truth class under the two self classifiers, NaN where not both are defined (None for
-    a model without two modalities).
+    modalities select (-1 for a sample with no modality); ``self_logits``: (N, 2, n_classes)
+    float32 logits of the self classifiers of A and B (dataset order), NaN on rows where not both
+    are defined (None for a model without two modalities): the imbalance ratio's input.
     """
 
     labels: np.ndarray
     paths: dict[str, np.ndarray]
     routed: np.ndarray
-    ratio: np.ndarray | None
+    self_logits: np.ndarray | None
 
     @staticmethod
     def concat(parts: Sequence["Predictions"]) -> "Predictions":
         """Rows of several predictions one after the other (e.g. one block per client model)."""
-        ratios = [p.ratio for p in parts]
+        logits = [p.self_logits for p in parts]
         return Predictions(
             labels=np.concatenate([p.labels for p in parts]),
             paths={k: np.concatenate([p.paths[k] for p in parts]) for k in parts[0].paths},
             routed=np.concatenate([p.routed for p in parts]),
-            ratio=None if any(r is None for r in ratios) else np.concatenate(ratios),
+            self_logits=None if any(x is None for x in logits) else np.concatenate(logits),
         )
 
 
@@ -57,7 +57,7 @@ def predict(model: torch.nn.Module, pool: TrainPool, eval_paths: Sequence[str], 
     own = set(getattr(model, "modalities", modalities))
     ratio_pair = [f"{m}_self" for m in modalities] if len(modalities) == 2 and own >= set(modalities) else None
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in eval_paths}
-    routed_chunks, ratio_chunks, label_chunks = [], [], []
+    routed_chunks, self_chunks, label_chunks = [], [], []
     device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in pool.batches(indices, batch_size, None, shuffle=False, device=device):
@@ -68,19 +68,19 @@ def predict(model: torch.nn.Module, pool: TrainPool, eval_paths: Sequence[str], 
             routed_chunks.append(_masked_argmax(out.routed, out.routed_valid))
             label_chunks.append(batch.labels)
             if ratio_pair:
-                a, b = (ground_truth_probability(out.paths[p].double(), batch.labels) for p in ratio_pair)
                 both = out.valid[ratio_pair[0]] & out.valid[ratio_pair[1]]
-                ratio_chunks.append(torch.where(both, a / b.clamp_min(PROB_EPS), torch.nan))
+                pair = torch.stack([out.paths[p] for p in ratio_pair], dim=1)
+                self_chunks.append(torch.where(both[:, None, None], pair, torch.nan))
     n = len(indices)
 
-    def gather(parts: list[torch.Tensor], dtype) -> np.ndarray:
-        return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(0, dtype)
+    def gather(parts: list[torch.Tensor], dtype, empty: tuple[int, ...] = (0,)) -> np.ndarray:
+        return torch.cat(parts).cpu().numpy().astype(dtype) if parts else np.zeros(empty, dtype)
 
     return Predictions(
         labels=gather(label_chunks, np.int64),
         paths={p: gather(chunks[p], np.int32) if chunks[p] else np.full(n, -1, np.int32) for p in eval_paths},
         routed=gather(routed_chunks, np.int32),
-        ratio=gather(ratio_chunks, np.float64) if ratio_pair else None,
+        self_logits=gather(self_chunks, np.float32, (0, 2, model.num_classes)) if ratio_pair else None,
     )
 
 
@@ -94,18 +94,31 @@ def _finite(value: float) -> float | None:
 
 def split_metrics(pred: Predictions, num_classes: int) -> dict[str, Any]:
     """The ``val`` / ``test`` block of a metrics line: accuracy, per-class recall and macro-F1 per
-    path (null where a path has no rows; null recall for a class without rows) and the mean
-    imbalance ratio over samples that have both modalities."""
+    path (null where a path has no rows; null recall for a class without rows) and the imbalance
+    ratio (``imbalance_ratio``)."""
     accuracy, recall, macro_f1 = {}, {}, {}
     for p, preds in pred.paths.items():
         m = path_metrics(pred.labels, preds, num_classes)
         accuracy[p] = _finite(m.accuracy)
         recall[p] = [_finite(r) for r in m.recall]
         macro_f1[p] = _finite(m.macro_f1)
-    ratio = None
-    if pred.ratio is not None and np.isfinite(pred.ratio).any():
-        ratio = float(np.nanmean(pred.ratio))
-    return {"accuracy": accuracy, "per_class_recall": recall, "macro_f1": macro_f1, "imbalance_ratio": ratio}
+    return {"accuracy": accuracy, "per_class_recall": recall, "macro_f1": macro_f1,
+            "imbalance_ratio": imbalance_ratio(pred)}
+
+
+def imbalance_ratio(pred: Predictions) -> float | None:
+    """ρ = Σ_i p_A,i[y_i] / Σ_i p_B,i[y_i]: FedCMI's dominance ratio (``dominance_ratio``) over
+    every sample where both self classifiers are defined, p_m,i = softmax of m's self logits
+    (float64). > 1: A's self classifier gives the ground truth more probability overall; 1:
+    balanced. A ratio of sums, not a mean of per-sample ratios, so a sample whose p_B is ≈ 0
+    weighs no more than any other. None without two modalities or without such a sample."""
+    if pred.self_logits is None:
+        return None
+    both = np.isfinite(pred.self_logits).all(axis=(1, 2))
+    if not both.any():
+        return None
+    logits = torch.from_numpy(pred.self_logits[both]).double()
+    return _finite(float(dominance_ratio(logits[:, 0], logits[:, 1], torch.from_numpy(pred.labels[both]))))
 
 
 def client_accuracy(clients: np.ndarray, labels: np.ndarray, routed: np.ndarray) -> dict[str, float | None]:

@@ -115,7 +115,7 @@ def test_warm_up_and_ablations_reduce_to_fedprox_and_fedavg():
     pool = make_pool(24, missing=0.2)
     args = (pool, client(range(24)))
     start = initial_state(method(FedAvg))
-    prox = method(FedProx, FedProxHparams(mu=1.0)).client_update(start, *args, round_idx=0, seed=4)
+    prox = method(FedProx, FedProxHparams(mu=FedCMIHparams().mu)).client_update(start, *args, round_idx=0, seed=4)
     warm = method(FedCMI).client_update(start, *args, round_idx=0, seed=4)           # round 0 < warmup_rounds = 1
     assert_states_equal(warm.state, prox.state)
     assert "temperatures" not in warm.metrics
@@ -159,7 +159,7 @@ def test_unimodal_clients_train_routed_ce_with_the_proximal_term_only():
     pool = only(make_pool(16), "audio")
     start = initial_state(method(FedAvg))
     ours = method(FedCMI).client_update(start, pool, client(range(16), ("audio",)), round_idx=2, seed=9)
-    prox = method(FedProx, FedProxHparams(mu=1.0)).client_update(start, pool, client(range(16), ("audio",)), 2, seed=9)
+    prox = method(FedProx, FedProxHparams(mu=FedCMIHparams().mu)).client_update(start, pool, client(range(16), ("audio",)), 2, seed=9)
     assert "temperatures" not in ours.metrics
     assert ours.trained_groups == {"audio.encoder", "fusion"}
     assert_states_equal(ours.state, prox.state)
