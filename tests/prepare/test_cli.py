@@ -45,7 +45,7 @@ def test_help_documents_every_option_with_its_default():
                             ("--imbalance", "0.6"), ("--audio-features", "stft"), ("--frames", "3"),
                             ("--image-size", "112"), ("--shard-size", "128"), ("--max-reject-fraction", "0.05"),
                             ("--task", "informative"), ("--label-column", "label"), ("--text-max-length", "40")]:
-        assert re.search(re.escape(option) + r" .*?\[default: " + re.escape(default) + r"\]", out), option
+        assert re.search(re.escape(option) + r" .*?\[default: " + re.escape(default) + r"[\];]", out), option
     for option in ("--root", "--name", "--modalities", "--modality", "--agreed-labels", "--face-crop", "--image-model",
                    "--text-model", "--workers", "--force", "--quiet", "--test-fraction"):
         assert option in out
