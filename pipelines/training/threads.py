@@ -10,7 +10,9 @@ should use the same one; run manifests record it.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from pipelines.errors import CmiError
@@ -59,21 +61,42 @@ def split_cores(jobs: int, cores: int) -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
-def competing_load(threads: int, cores: int, load: float | None = None) -> str | None:
-    """A warning when the 1-minute load average (``load``, default the system's) shows other
-    processes running on the cores that ``threads`` new threads need: at least one core's worth
-    beyond the ``cores - threads`` left free. None when the cores look free (or the platform has
-    no load average)."""
-    if load is None:
+def busy_cores(samples: int = 5, interval: float = 0.05) -> float | None:
+    """How many cores other processes keep busy right now: the kernel's count of runnable tasks
+    (``/proc/loadavg``) minus this process, the least of ``samples`` readings ``interval`` s apart
+    (a passing spike is not a competitor). Unlike the load average it does not lag, so work that
+    just finished (the `cmi prepare` before a `cmi train`) does not count. Where there is no
+    ``/proc/loadavg``: the 1-minute load average; None where neither exists."""
+    readings = []
+    for i in range(samples):
         try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
+            fields = Path("/proc/loadavg").read_text().split()
+        except OSError:
+            break
+        readings.append(int(fields[3].split("/")[0]) - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    if readings:
+        return float(min(readings))
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def competing_load(threads: int, cores: int, load: float | None = None) -> str | None:
+    """A warning when other processes (``load`` cores' worth, default :func:`busy_cores`) run on
+    the cores that ``threads`` new threads need: at least one core's worth beyond the
+    ``cores - threads`` left free. None when the cores look free."""
+    if load is None:
+        load = busy_cores()
+        if load is None:
             return None
     if load < cores - threads + 1:
         return None
-    return (f"the 1-minute load average is {load:.1f} on {cores} core(s): other processes are competing for "
-            f"the cores that {threads} training thread(s) need, so rounds will be slower (parallel trainings "
-            f"that oversubscribe the cores can be many times slower). Wait for them to finish, or lower --threads.")
+    return (f"other processes keep {load:.1f} of {cores} core(s) busy, the cores that {threads} training "
+            f"thread(s) need, so rounds will be slower (parallel trainings that oversubscribe the cores can be "
+            f"many times slower). Wait for them to finish, or lower --threads.")
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

@@ -1,11 +1,14 @@
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from pipelines.errors import CmiError
 from pipelines.training.threads import (
-    THREADS_ENV, available_cores, competing_load, resolve_threads, split_cores, use_threads,
+    THREADS_ENV, available_cores, busy_cores, competing_load, resolve_threads, split_cores, use_threads,
 )
 
 
@@ -39,7 +42,7 @@ def test_threads_come_from_the_option_then_the_environment_then_the_default_then
 def test_the_load_warning_appears_only_when_other_processes_hold_the_needed_cores():
     assert competing_load(2, 2, load=0.3) is None
     assert competing_load(1, 2, load=0.9) is None           # one core is free for the one thread
-    assert "load average is 1.0 on 2 core(s)" in competing_load(2, 2, load=1.0)
+    assert "other processes keep 1.0 of 2 core(s) busy" in competing_load(2, 2, load=1.0)
     assert competing_load(1, 2, load=2.0) is not None
     assert competing_load(4, 16, load=11.5) is None
 
@@ -49,3 +52,13 @@ def test_use_threads_restores_torch_and_the_environment():
     with use_threads(before + 1):
         assert torch.get_num_threads() == before + 1 and os.environ["OMP_NUM_THREADS"] == str(before + 1)
     assert torch.get_num_threads() == before and os.environ.get("OMP_NUM_THREADS") == env
+
+
+def test_busy_cores_sees_a_process_spinning_now():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores() >= 1.0
+    finally:
+        spinner.kill()
+        spinner.wait()
