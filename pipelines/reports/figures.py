@@ -74,12 +74,6 @@ def _new(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw):
     return fig, axes.ravel()
 
 
-def _png(fig: MplFigure) -> MplFigure:
-    """What a :class:`Figure` keeps of a finished drawing: the figure itself, rendered to PNG,
-    SVG or PDF on output (:meth:`Figure.render`)."""
-    return fig
-
-
 def _series(run: RunData, split: str, field: str, path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rounds, values) of ``line[split][field][path]`` (or ``line[split][field]``) over metrics.jsonl;
     NaN where a line lacks it."""
@@ -123,7 +117,7 @@ def accuracy_curves(report: Report, run: RunData) -> Figure | None:
     fig.suptitle(f"{run.name}: accuracy per path over rounds (logged during training)")
     return Figure(f"curves.{run.name}", f"Accuracy over rounds · {run.name}",
                   "Validation and test accuracy of each path as logged each round in metrics.jsonl; "
-                  "the dotted line is the round best on validation.", _png(fig))
+                  "the dotted line is the round best on validation.", fig)
 
 
 def _label_zero_bars(ax, bars, values: np.ndarray, color: str) -> None:
@@ -170,7 +164,7 @@ def recall_bars(report: Report, run: RunReport) -> Figure | None:
     fig.legend(*axes[0].get_legend_handles_labels(), title="path", loc="outside right upper", fontsize="small")
     fig.suptitle(f"{run.name}: per-class recall per path")
     return Figure(f"recall.{run.name}", f"Per-class recall · {run.name}",
-                  "Recall of each class for each path, recomputed from the saved test predictions.", _png(fig))
+                  "Recall of each class for each path, recomputed from the saved test predictions.", fig)
 
 
 def imbalance_panel(ax, run: RunData) -> None:
@@ -219,7 +213,7 @@ def balance_over_rounds(run: RunData) -> Figure | None:
                   "Logged each round in metrics.jsonl: the test/validation imbalance ratio ρ = Σ P_A / Σ P_B "
                   "of the self classifiers' ground-truth probabilities (log scale, 1 = balanced) and "
                   "FedCMI's sample-weighted mean class temperatures (lower = sharper distillation target).",
-                  _png(fig))
+                  fig)
 
 
 def partition_heatmap(run: RunData) -> Figure | None:
@@ -263,7 +257,7 @@ def client_accuracy(report: Report, run: RunReport) -> Figure | None:
     ax.set_title(f"{run.name} · {SNAPSHOT_LABELS[snapshot]}: accuracy on each client's data")
     return Figure(f"clients.{run.name}", f"Per-client accuracy · {run.name}",
                   f"Recomputed from predictions/clients-{snapshot}.parquet; colours = modalities the client holds.",
-                  _png(fig))
+                  fig)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -309,7 +303,7 @@ def compare_curves(report: Report) -> Figure | None:
     _legend_below(fig, axes[0], "method (split)")
     fig.suptitle("Accuracy per path over rounds: solid = test, dashed = validation (logged during training)")
     return Figure("compare.curves", "Accuracy over rounds, runs compared",
-                  "Per-path accuracy logged each round in each run's metrics.jsonl.", _png(fig))
+                  "Per-path accuracy logged each round in each run's metrics.jsonl.", fig)
 
 
 def compare_recall(report: Report, snapshot: str) -> Figure | None:
@@ -326,7 +320,7 @@ def compare_recall(report: Report, snapshot: str) -> Figure | None:
     _legend_below(fig, axes[0], "method")
     fig.suptitle(f"Per-class recall per path · {SNAPSHOT_LABELS[snapshot]}")
     return Figure(f"compare.recall.{snapshot}", f"Per-class recall, runs compared · {SNAPSHOT_LABELS[snapshot]}",
-                  "Recomputed from each run's saved test predictions.", _png(fig))
+                  "Recomputed from each run's saved test predictions.", fig)
 
 
 # ----------------------------------------------------------------------------- aggregated reports
@@ -372,7 +366,7 @@ def group_curves(agg: Aggregate) -> Figure | None:
     _legend_below(fig, axes[0], _group_title(agg))
     return Figure("aggregate.curves", "Test accuracy over rounds, mean ± std over runs",
                   "Test accuracy of each path logged each round in every run's metrics.jsonl: line = mean over the "
-                  "group's runs, band = ± one sample std (ddof=1; none with one run).", _png(fig))
+                  "group's runs, band = ± one sample std (ddof=1; none with one run).", fig)
 
 
 def group_recall(agg: Aggregate, snapshot: str) -> Figure | None:
@@ -392,7 +386,7 @@ def group_recall(agg: Aggregate, snapshot: str) -> Figure | None:
     fig.suptitle(f"Per-class recall per path · {SNAPSHOT_LABELS[snapshot]}")
     return Figure(f"aggregate.recall.{snapshot}", f"Per-class recall, mean ± std over runs · "
                   f"{SNAPSHOT_LABELS[snapshot]}", "Recomputed from every run's saved test predictions: bar = mean "
-                  "over the group's runs, error bar = ± one sample std (ddof=1).", _png(fig))
+                  "over the group's runs, error bar = ± one sample std (ddof=1).", fig)
 
 
 # ----------------------------------------------------------------------------- all figures
