@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         per_client: bool = typer.Option(
             False, "--per-client",
             help="Add per-client tables: the model's accuracy on each client's own data with the client's "
-                 "modalities, and its mean, std and worst-10% mean over clients.",
+                 "modalities, and its mean, std and worst-10% mean over clients; for a method that selects "
+                 "clients (cmsfed), the clients trained each round and those that trained one modality only.",
         ),
         compare: bool = typer.Option(
             False, "--compare",

@@ -1,27 +1,39 @@
-"""Federated methods: FedAvg (the base, with group-wise aggregation) and its subclasses.
+"""Federated methods: FedAvg (the base, with group-wise aggregation) and its subclasses, one
+module each.
 
-Every method exposes ``name``, ``Hparams`` (a dataclass of its hyperparameters), ``federated``,
-``pooled``, ``select_specs``, ``client_update`` and ``aggregate``; see :class:`FedAvg`."""
+Every method is a subclass of :class:`FedAvg` exposing ``name``, ``Hparams`` (a frozen dataclass
+of its hyperparameters, declared in its module: ``--set <name>.<field>``), ``federated``,
+``pooled``, ``select_specs``, and the round protocol ``plan_round`` / ``broadcast`` /
+``client_update`` / ``server_update``; a new method overrides the few hooks it needs (see
+:class:`FedAvg`): FedProx one client hook, PMR two, CMSFed the server's plan and state. Register
+it in :data:`METHODS`."""
 
 from pipelines.errors import CmiError
 from pipelines.fl.base import (
     Batch,
     ClientData,
+    ClientTask,
     ClientUpdate,
     FedAvg,
     FedAvgHparams,
     RoundContext,
+    ServerState,
     TrainConfig,
     TrainPool,
     average_groups,
+    sample_clients,
 )
 from pipelines.fl.centralized import Centralized
+from pipelines.fl.cmsfed import CMSFed, CMSFedHparams
 from pipelines.fl.fedcmi import FedCMI, FedCMIHparams
 from pipelines.fl.fedprox import FedProx, FedProxHparams
 from pipelines.fl.local import Local
+from pipelines.fl.ogm_ge import OGMGE, OGMGEHparams
+from pipelines.fl.pmr import PMR, PMRHparams
 from pipelines.fl.unimodal import Unimodal, UnimodalHparams
 
-METHODS: dict[str, type[FedAvg]] = {cls.name: cls for cls in (FedAvg, FedProx, FedCMI, Unimodal, Centralized, Local)}
+METHODS: dict[str, type[FedAvg]] = {cls.name: cls for cls in (
+    FedAvg, FedProx, FedCMI, CMSFed, PMR, OGMGE, Unimodal, Centralized, Local)}
 
 
 def get_method(name: str) -> type[FedAvg]:
@@ -32,7 +44,8 @@ def get_method(name: str) -> type[FedAvg]:
 
 
 __all__ = [
-    "METHODS", "Batch", "Centralized", "ClientData", "ClientUpdate", "FedAvg", "FedAvgHparams", "FedCMI",
-    "FedCMIHparams", "FedProx", "FedProxHparams", "Local", "RoundContext", "TrainConfig", "TrainPool",
-    "Unimodal", "UnimodalHparams", "average_groups", "get_method",
+    "CMSFed", "CMSFedHparams", "METHODS", "OGMGE", "OGMGEHparams", "PMR", "PMRHparams",
+    "Batch", "Centralized", "ClientData", "ClientTask", "ClientUpdate", "FedAvg", "FedAvgHparams", "FedCMI",
+    "FedCMIHparams", "FedProx", "FedProxHparams", "Local", "RoundContext", "ServerState", "TrainConfig",
+    "TrainPool", "Unimodal", "UnimodalHparams", "average_groups", "get_method", "sample_clients",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.errors import CmiError
-from pipelines.models import ModelOutputs, MultimodalNet
+from pipelines.models import ModelConfig, ModelOutputs, MultimodalNet, build_model
 from pipelines.shards import ModalitySpec
 
 State = dict[str, Tensor]
@@ -108,7 +108,9 @@ class ClientUpdate:
     client had nothing to train: ``num_samples == 0``, no trained groups). ``client_state`` is the
     state the engine keeps for this client and passes back as ``client_state`` the next time it
     participates (``None`` for stateless methods; method ``local`` keeps its model there).
-    ``metrics["loss"]`` is the sample-weighted mean local loss (0.0 when nothing was trained). It is
+    ``payload`` holds tensors the method's server needs (CMSFed's prototypes and class counts;
+    empty for most methods). ``metrics["loss"]`` is the sample-weighted mean local loss (0.0 when
+    nothing was trained). It is
     non-finite when training diverged: training stopped at that batch without a step, ``state``
     holds the parameters before it (BatchNorm statistics may already include the bad batch), and
     the engine must stop instead of aggregating."""
@@ -119,25 +121,73 @@ class ClientUpdate:
     trained_groups: set[str]
     metrics: dict[str, Any]
     client_state: State | None = None
+    payload: State = field(default_factory=dict)
+
+
+#: what a method's server keeps between rounds (prototypes, scores, distance matrices): named
+#: tensors, so that the checkpoint (safetensors) and Flower's ArrayRecords carry it as they are
+ServerState = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's part of a round plan (``FedAvg.plan_round``): the ``modalities`` it trains
+    this round (None: every modality of the model; a subset makes the others absent on its rows,
+    so their encoders neither run nor train) and its ``local_epochs`` (None: the run's)."""
+
+    cid: int
+    modalities: tuple[str, ...] | None = None
+    local_epochs: int | None = None
+
+
+# spawn-key streams of the run seed used here (training/rounds.py holds streams 1 and 2)
+_SAMPLING_STREAM = 0
+_PLANNING_STREAM = 3
+_HOOK_STREAM = 4
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, clients_per_round: int) -> list[int]:
+    """The clients of round ``round_`` (counted from 1): ``clients_per_round`` of ``num_clients``
+    uniformly without replacement, ascending. A pure function of (seed, round), so resuming needs
+    no RNG state."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SAMPLING_STREAM, round_)))
+    chosen = rng.choice(num_clients, size=min(clients_per_round, num_clients), replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def planning_rng(seed: int, round_idx: int) -> np.random.Generator:
+    """The random stream a method's ``plan_round`` draws from in round ``round_idx`` (0-based):
+    a pure function of (run seed, round), independent of the client sampling stream."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PLANNING_STREAM, round_idx)))
+
+
+def hook_seed(seed: int) -> int:
+    """The seed of the generator ``FedAvg.after_backward`` gets, from the client's update seed
+    (a stream of its own, so drawing from it never changes the batch order)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(_HOOK_STREAM,)).generate_state(1)[0])
 
 
 @dataclass
 class RoundContext:
     """What a method prepares for one client's local training, before its first step.
 
-    ``reference``: the received global parameters on the device, keyed like ``named_parameters``
-    (FedProx's anchor). ``temperatures``: FedCMI's class-wise temperatures (n_classes,).
-    ``teacher_rows`` / ``teacher_logits``: FedCMI's frozen-global self logits for the client's
-    multimodal rows (sorted pool rows; m -> (n, n_classes)). ``metrics`` are merged into the
-    update's metrics."""
+    Every method gets these fields; one that needs more declares a subclass as its ``Context``
+    and fills it in ``prepare_round`` (FedProx's anchor, FedCMI's teacher). ``task``: the
+    client's part of the round plan. ``broadcast``: what the server sent every client this round
+    (``FedAvg.broadcast``). ``metrics`` are merged into the update's metrics (JSON values, e.g.
+    FedCMI's temperatures); ``payload`` becomes the update's ``payload`` (tensors for the server,
+    e.g. CMSFed's prototypes). ``client_state``: what the client kept from its last update (None
+    the first time, and for stateless methods); the update returns what it holds after
+    ``finish_client``, so a method that keeps per-client state (AGM's running means) replaces it
+    there."""
 
     client: ClientData
     round_idx: int
-    reference: dict[str, Tensor] | None = None
-    temperatures: Tensor | None = None
-    teacher_rows: Tensor | None = None
-    teacher_logits: dict[str, Tensor] | None = None
+    task: ClientTask | None = None
+    broadcast: ServerState = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    payload: State = field(default_factory=dict)
+    client_state: State | None = None
 
 
 @dataclass(frozen=True)
@@ -176,24 +226,42 @@ def average_groups(global_state: State, updates: list[ClientUpdate], groups: dic
 class FedAvg:
     """Federated averaging with the shared multimodal objective, the base of every method.
 
-    ``client_update`` and ``aggregate`` are pure: the result depends only on the arguments, so the
-    local engine and a Flower ClientApp / ServerApp call them alike. The method keeps one model on
-    its device to train in (built once, by ``model_factory``): each ``client_update`` loads the
-    state it starts from into it and returns copies, never views of it. One call at a time per
-    method instance (not re-entrant).
+    A round, as both engines drive it: the server's ``plan_round`` says which clients train and
+    what (``ClientTask``); each client runs ``client_update`` from the global state and what the
+    server ``broadcast``; the server's ``server_update`` turns the updates into the new global
+    state (``aggregate``) and the new server state. ``client_update``, ``plan_round``,
+    ``broadcast`` and ``server_update`` are pure: the result depends only on the arguments, so the
+    local engine and a Flower ClientApp / ServerApp call them alike, and a run resumed from its
+    checkpoint (global and server state) replays exactly. The method keeps one model on its
+    device to train in (built once, by ``model_factory``): each ``client_update`` loads the state
+    it starts from into it and returns copies, never views of it. One call at a time per method
+    instance (not re-entrant).
 
     Local training: SGD (TrainConfig) for ``local_epochs`` over the client's rows that have at least
-    one of the model's modalities, in mini-batches from ``TrainPool.batches`` shuffled by a
+    one of the modalities it trains, in mini-batches from ``epoch_batches`` shuffled by a
     ``torch.Generator`` seeded with ``seed``. Per-sample loss (``local_loss``): a sample with every
     modality: CE(fused) + λ1·Σ_m CE(self_m); a sample with only m: CE(<m>_only); the batch loss is
     the mean over the batch's samples (a term defined on some samples only contributes its sum over
     them divided by the batch size).
 
-    Hooks for subclasses: ``prepare_round`` (per-client context computed once before training,
-    with the model still holding the received state), ``local_loss`` (the batch objective) and
-    ``regularize_gradients`` (add a parameter-space regulariser's gradient to the parameters the
-    objective reached, e.g. FedProx's proximal term). ``select_specs`` lets a method choose the
-    modalities its model is built with.
+    Hooks for subclasses, client side, in the order they run:
+    ``prepare_round`` (the method's ``Context`` for this client, computed once before training,
+    with the model still holding the received state), ``epoch_batches`` (the batches of one local
+    epoch; a method can refresh per-epoch state first, e.g. PMR's prototypes),
+    ``local_loss`` (the batch objective), ``regularize_gradients`` (add a parameter-space
+    regulariser's gradient, e.g. FedProx's proximal term, and return its value),
+    ``after_backward`` (modify the gradients before the step, with the batch, the outputs, the
+    step index and a seeded generator: OGM-GE's modulation), ``finish_client`` (after the last
+    step: what the client reports besides its weights, into ``ctx.metrics`` / ``ctx.payload``).
+    Server side: ``init_server_state``, ``plan_round``, ``broadcast``, ``server_update``,
+    ``server_metrics``, ``observe_evaluation`` (the round's metrics line, e.g. validation
+    accuracies, may change the server state). ``select_specs`` lets a method choose the
+    modalities its model is built with, ``network`` its architecture (extra modules, e.g. AUG's
+    learners, live in the weights, so every client follows the server's); ``missing_slot`` what
+    fills an absent modality's fusion slot (see MultimodalNet); ``client_state_is_model``: the
+    client's kept state is its own model, trained from instead of the global one (method
+    ``local``). ``total_rounds`` is the run's number of rounds (set by the engine; schedules
+    such as warm-ups read it).
 
     ``trained_groups`` are the parameter groups whose parameters received a gradient from the local
     objective in at least one step (the optimizer skips parameters without one), so an A-only
@@ -202,8 +270,14 @@ class FedAvg:
 
     name = "fedavg"
     Hparams = FedAvgHparams
+    Context = RoundContext
     federated = True
     pooled = False
+    missing_slot = "infiltration"
+    #: whether ``plan_round`` may give a client a subset of its modalities (logged per round)
+    selects_modalities = False
+    client_state_is_model = False
+    total_rounds = 1
 
     def __init__(self, model_factory: Callable[[], MultimodalNet], train: TrainConfig, hparams: Any,
                  device: torch.device):
@@ -212,6 +286,7 @@ class FedAvg:
         self.hparams = hparams
         self.device = torch.device(device)
         self.model = model_factory().to(self.device)
+        self.model.missing_slot = self.missing_slot
         self.modalities = self.model.modalities
         self.groups = self.model.parameter_groups()
         self.param_groups = {key: group for group, keys in self.groups.items() for key in keys}
@@ -221,12 +296,27 @@ class FedAvg:
         """The modality specs this method's model is built with (all of them by default)."""
         return list(specs)
 
-    # ----------------------------------------------------------------------------- hooks
+    @classmethod
+    def network(cls, specs: Sequence[ModalitySpec], num_classes: int, config: ModelConfig, hparams: Any,
+                seed: int = 0) -> MultimodalNet:
+        """A freshly initialised model of this method (base: :func:`build_model`; seeded, on the CPU)."""
+        return build_model(specs, num_classes, config, seed=seed)
+
+    # ----------------------------------------------------------------------------- client hooks
     def prepare_round(self, model: MultimodalNet, global_state: State, pool: TrainPool, rows: np.ndarray,
-                      client: ClientData, round_idx: int) -> RoundContext:
-        """Per-client context for this round, computed before the first step; ``model`` holds the
-        state training starts from and ``rows`` are the rows it trains on."""
-        return RoundContext(client=client, round_idx=round_idx)
+                      client: ClientData, round_idx: int, *, task: ClientTask | None = None,
+                      broadcast: ServerState | None = None, client_state: State | None = None) -> RoundContext:
+        """Per-client context for this round (an instance of ``self.Context``), computed before the
+        first step; ``model`` holds the state training starts from and ``rows`` are the rows it
+        trains on. Subclasses take the keywords as ``**plan`` and pass them on."""
+        return self.Context(client=client, round_idx=round_idx, task=task or ClientTask(client.cid),
+                            broadcast=broadcast or {}, client_state=client_state)
+
+    def epoch_batches(self, model: MultimodalNet, pool: TrainPool, rows: np.ndarray, generator: torch.Generator,
+                      ctx: RoundContext, epoch: int) -> Iterator[Batch]:
+        """The mini-batches of local epoch ``epoch`` (base: ``pool.batches`` over ``rows`` in an
+        order drawn from ``generator``)."""
+        return pool.batches(rows, self.train.batch_size, generator, device=self.device)
 
     def local_loss(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: RoundContext) -> Tensor:
         """The shared objective (class docstring): routed CE + λ1·Σ_m self CE on multimodal samples."""
@@ -246,27 +336,81 @@ class FedAvg:
         """Add a regulariser's gradient to every parameter that has one; return its value (base: none)."""
         return 0.0
 
+    def after_backward(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: RoundContext,
+                       step: int, generator: torch.Generator) -> None:
+        """Modify the gradients of step ``step`` (counted over the client's whole update) before the
+        optimizer step; ``generator`` (on the training device, seeded from the client's seed by
+        :func:`hook_seed`) is the only source of randomness allowed here (base: nothing)."""
+
+    def finish_client(self, model: MultimodalNet, pool: TrainPool, rows: np.ndarray, ctx: RoundContext) -> None:
+        """After the last step, with the trained model: fill ``ctx.metrics`` / ``ctx.payload`` with
+        what the client reports besides its weights (base: nothing)."""
+
+    # ----------------------------------------------------------------------------- server hooks
+    def init_server_state(self, num_clients: int, num_classes: int) -> ServerState:
+        """The server state before round 0 (base: empty; FedAvg keeps nothing but the weights)."""
+        return {}
+
+    def plan_round(self, round_idx: int, clients: Sequence[ClientData], clients_per_round: int, seed: int,
+                   server_state: ServerState) -> list[ClientTask]:
+        """Who trains in round ``round_idx`` (0-based) and what, ascending by client id (base:
+        :func:`sample_clients`, every modality, the run's epochs). Draw randomness only from
+        :func:`planning_rng` (seed, round_idx)."""
+        return [ClientTask(cid) for cid in sample_clients(seed, round_idx + 1, len(clients), clients_per_round)]
+
+    def broadcast(self, server_state: ServerState) -> ServerState:
+        """The part of the server state every client of a round receives (base: nothing)."""
+        return {}
+
+    def server_update(self, global_state: State, server_state: ServerState, updates: list[ClientUpdate],
+                      round_idx: int) -> tuple[State, ServerState]:
+        """The new (global state, server state) after round ``round_idx`` from its updates (those
+        with samples); base: ``aggregate`` and the server state unchanged."""
+        return self.aggregate(global_state, updates), server_state
+
+    def server_metrics(self, server_state: ServerState) -> dict[str, Any]:
+        """Numbers of the server state worth logging with a round's metrics (base: none)."""
+        return {}
+
+    def observe_evaluation(self, server_state: ServerState, record: dict[str, Any]) -> ServerState:
+        """The server state after an evaluated round's metrics line ``record`` (``val`` / ``test``
+        blocks as in metrics.jsonl); base: unchanged."""
+        return server_state
+
+    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
+        """Group-wise weighted average over the updates that trained each group (``average_groups``)."""
+        return average_groups(global_state, updates, self.groups)
+
     # ----------------------------------------------------------------------------- protocol
     def client_update(self, global_state: State, pool: TrainPool, client: ClientData, round_idx: int, seed: int,
-                      client_state: State | None = None) -> ClientUpdate:
-        """Train on the client's data starting from ``client_state`` if given (methods that keep
-        one), else ``global_state``; deterministic given ``seed``."""
-        rows = pool.rows_with_any(client.indices, self.modalities)
+                      client_state: State | None = None, *, task: ClientTask | None = None,
+                      broadcast: ServerState | None = None) -> ClientUpdate:
+        """Train on the client's data starting from ``global_state`` (its ``client_state`` when that
+        is its own model, ``client_state_is_model``), as ``task`` asks (default: every modality, the run's epochs)
+        with the server's ``broadcast``; deterministic given ``seed``."""
+        trains = self.modalities if task is None or task.modalities is None else \
+            tuple(m for m in self.modalities if m in task.modalities)
+        rows = pool.rows_with_any(client.indices, trains)
         if rows.shape[0] == 0:
             return ClientUpdate(cid=client.cid, num_samples=0, state=global_state, trained_groups=set(),
                                 metrics={"loss": 0.0}, client_state=client_state)
         model = self.model
-        model.load_state_dict(client_state if client_state is not None else global_state)
-        ctx = self.prepare_round(model, global_state, pool, rows, client, round_idx)
+        model.load_state_dict(client_state if client_state is not None and self.client_state_is_model else global_state)
+        ctx = self.prepare_round(model, global_state, pool, rows, client, round_idx, task=task, broadcast=broadcast,
+                                 client_state=client_state)
         model.train()
         params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         optimizer = torch.optim.SGD([p for _, p in params], lr=self.train.lr, momentum=self.train.momentum,
                                     weight_decay=self.train.weight_decay)
         generator = torch.Generator().manual_seed(int(seed))
+        hook_generator = torch.Generator(device=self.device).manual_seed(hook_seed(seed))
+        epochs = task.local_epochs if task is not None and task.local_epochs else self.train.local_epochs
         trained: set[str] = set()
-        loss_sum, seen = 0.0, 0
-        for _ in range(self.train.local_epochs):
-            for batch in pool.batches(rows, self.train.batch_size, generator, device=self.device):
+        loss_sum, seen, step = 0.0, 0, 0
+        for epoch in range(epochs):
+            for batch in self.epoch_batches(model, pool, rows, generator, ctx, epoch):
+                if trains != self.modalities:
+                    batch.present = {m: p if m in trains else torch.zeros_like(p) for m, p in batch.present.items()}
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(batch.inputs, batch.present)
                 loss = self.local_loss(model, outputs, batch, ctx)
@@ -276,17 +420,17 @@ class FedAvg:
                 loss.backward()
                 trained.update(self.param_groups[name] for name, p in params if p.grad is not None)
                 value += self.regularize_gradients(model, ctx)
+                self.after_backward(model, outputs, batch, ctx, step, hook_generator)
                 optimizer.step()
                 loss_sum += value * batch.labels.shape[0]
                 seen += batch.labels.shape[0]
+                step += 1
+        self.finish_client(model, pool, rows, ctx)
         return self._update(client, rows, model, trained, loss_sum / seen, ctx)
 
     def _update(self, client: ClientData, rows: np.ndarray, model: MultimodalNet, trained: set[str],
                 loss: float, ctx: RoundContext) -> ClientUpdate:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # the model is reused
         return ClientUpdate(cid=client.cid, num_samples=int(rows.shape[0]), state=state, trained_groups=trained,
-                            metrics={"loss": loss, **ctx.metrics})
-
-    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
-        """Group-wise weighted average over the updates that trained each group (``average_groups``)."""
-        return average_groups(global_state, updates, self.groups)
+                            metrics={"loss": loss, **ctx.metrics}, client_state=ctx.client_state,
+                            payload=dict(ctx.payload))

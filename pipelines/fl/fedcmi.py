@@ -10,14 +10,10 @@ import torch
 from torch import Tensor
 
 from pipelines.errors import CmiError
-from pipelines.fl.base import Batch, ClientData, RoundContext, State, TrainPool
-from pipelines.fl.fedprox import FedProx, FedProxHparams
+from pipelines.fl.base import Batch, ClientData, State, TrainPool
+from pipelines.fl.fedprox import FedProx, FedProxHparams, ProxContext
+from pipelines.fl.measures import PROB_EPS, dominance_ratio, ground_truth_probability
 from pipelines.models import ModelOutputs, MultimodalNet
-
-#: class-mean ground-truth probabilities are clamped to [PROB_EPS, 1] before their ratio is taken
-#: (and batch probability sums to >= PROB_EPS), so ratios lie in [1e-6, 1e6] and temperatures in
-#: [1 / (1 + κ·ln 1e12), 1]: finite and positive even when a modality gives a class probability 0.
-PROB_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -55,11 +51,6 @@ class FedCMIHparams(FedProxHparams):
                            f"got {self.uniform_temperature}.")
 
 
-def ground_truth_probability(logits: Tensor, labels: Tensor) -> Tensor:
-    """softmax(logits)[i, labels[i]] for every row, (n,)."""
-    return logits.softmax(dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
-
-
 def class_temperatures(prob_a: Tensor, prob_b: Tensor, labels: Tensor, num_classes: int, kappa: float) -> Tensor:
     """Class-wise temperatures T (num_classes,) from per-sample ground-truth probabilities of the
     two self paths.
@@ -84,19 +75,23 @@ def class_temperatures(prob_a: Tensor, prob_b: Tensor, labels: Tensor, num_class
     return torch.where(sharpen, 1.0 / (1.0 + kappa * gap), 1.0).float()
 
 
-def dominance_ratio(self_logits_a: Tensor, self_logits_b: Tensor, labels: Tensor) -> Tensor:
-    """ρ = Σ_i softmax(self_A)_i[y_i] / Σ_i softmax(self_B)_i[y_i] (denominator clamped to PROB_EPS)."""
-    num = ground_truth_probability(self_logits_a, labels).sum()
-    den = ground_truth_probability(self_logits_b, labels).sum()
-    return num / den.clamp_min(PROB_EPS)
-
-
 def infiltration_loss(student: Tensor, teacher: Tensor, temperature: Tensor) -> Tensor:
     """mean_i( −Σ_k softmax(teacher_i / t_i)_k · log_softmax(student_i / t_i)_k ); t (n,) per sample;
     teacher detached; no T² factor."""
     t = temperature.unsqueeze(1)
     target = (teacher.detach() / t).softmax(dim=1)
     return -(target * (student / t).log_softmax(dim=1)).sum(dim=1).mean()
+
+
+@dataclass
+class FedCMIContext(ProxContext):
+    """``temperatures``: the class-wise temperatures (n_classes,). ``teacher_rows`` /
+    ``teacher_logits``: the frozen global model's self logits for the client's multimodal rows
+    (sorted pool rows; m -> (n, n_classes)). All None in rounds without infiltration."""
+
+    temperatures: Tensor | None = None
+    teacher_rows: Tensor | None = None
+    teacher_logits: dict[str, Tensor] | None = None
 
 
 class FedCMI(FedProx):
@@ -119,6 +114,7 @@ class FedCMI(FedProx):
 
     name = "fedcmi"
     Hparams = FedCMIHparams
+    Context = FedCMIContext
 
     @property
     def mu(self) -> float:
@@ -128,8 +124,8 @@ class FedCMI(FedProx):
         return self.hparams.infiltration and round_idx >= self.hparams.warmup_rounds and len(self.modalities) == 2
 
     def prepare_round(self, model: MultimodalNet, global_state: State, pool: TrainPool, rows: np.ndarray,
-                      client: ClientData, round_idx: int) -> RoundContext:
-        ctx = super().prepare_round(model, global_state, pool, rows, client, round_idx)
+                      client: ClientData, round_idx: int, **plan) -> FedCMIContext:
+        ctx = super().prepare_round(model, global_state, pool, rows, client, round_idx, **plan)
         if not self.infiltration_active(round_idx):
             return ctx
         a, b = self.modalities
@@ -155,7 +151,7 @@ class FedCMI(FedProx):
         ctx.metrics["temperatures"] = ctx.temperatures.tolist()
         return ctx
 
-    def infiltration_term(self, outputs: ModelOutputs, batch: Batch, ctx: RoundContext) -> tuple[Tensor, str]:
+    def infiltration_term(self, outputs: ModelOutputs, batch: Batch, ctx: FedCMIContext) -> tuple[Tensor, str]:
         """L_inf over the batch's multimodal samples and the weak modality it was applied to."""
         complete = outputs.valid["fused"]
         labels = batch.labels[complete]
@@ -166,7 +162,7 @@ class FedCMI(FedProx):
         student = outputs.infiltration_logits[weak][complete]
         return infiltration_loss(student, teacher, ctx.temperatures[labels]), weak
 
-    def local_loss(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: RoundContext) -> Tensor:
+    def local_loss(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: FedCMIContext) -> Tensor:
         loss = super().local_loss(model, outputs, batch, ctx)
         complete = outputs.valid.get("fused")
         if ctx.teacher_logits is None or not bool(complete.any()):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pipelines.errors import CmiError
 from pipelines.fl.base import ClientData, FedAvg, FedAvgHparams, RoundContext, State, TrainPool
@@ -27,6 +28,14 @@ class FedProxHparams(FedAvgHparams):
             raise CmiError(f"mu (proximal weight) must be >= 0, got {self.mu}.")
 
 
+@dataclass
+class ProxContext(RoundContext):
+    """``reference``: the received global parameters on the device, keyed like
+    ``named_parameters`` (the proximal anchor; None when μ = 0)."""
+
+    reference: dict[str, Tensor] | None = None
+
+
 class FedProx(FedAvg):
     """FedAvg whose local objective adds (μ/2)·||w − w_global||² over the trainable parameters,
     i.e. the parameters the local objective reaches: its gradient μ(w − w_global) is added to
@@ -35,20 +44,21 @@ class FedProx(FedAvg):
 
     name = "fedprox"
     Hparams = FedProxHparams
+    Context = ProxContext
 
     @property
     def mu(self) -> float:
         return self.hparams.mu
 
     def prepare_round(self, model: MultimodalNet, global_state: State, pool: TrainPool, rows: np.ndarray,
-                      client: ClientData, round_idx: int) -> RoundContext:
-        ctx = super().prepare_round(model, global_state, pool, rows, client, round_idx)
+                      client: ClientData, round_idx: int, **plan) -> ProxContext:
+        ctx = super().prepare_round(model, global_state, pool, rows, client, round_idx, **plan)
         if self.mu:
             ctx.reference = {name: global_state[name].to(self.device) for name, _ in model.named_parameters()}
         return ctx
 
     @torch.no_grad()
-    def regularize_gradients(self, model: MultimodalNet, ctx: RoundContext) -> float:
+    def regularize_gradients(self, model: MultimodalNet, ctx: ProxContext) -> float:
         if not self.mu:
             return 0.0
         squared = torch.zeros((), dtype=torch.float64, device=self.device)

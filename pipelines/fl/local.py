@@ -24,10 +24,11 @@ class Local(FedAvg):
 
     name = "local"
     federated = False
+    client_state_is_model = True
 
     def client_update(self, global_state: State, pool: TrainPool, client: ClientData, round_idx: int, seed: int,
-                      client_state: State | None = None) -> ClientUpdate:
-        update = super().client_update(global_state, pool, client, round_idx, seed, client_state)
+                      client_state: State | None = None, **plan) -> ClientUpdate:
+        update = super().client_update(global_state, pool, client, round_idx, seed, client_state, **plan)
         if update.num_samples:
             update.state = update.client_state = {k: v.cpu() for k, v in update.state.items()}
         return update

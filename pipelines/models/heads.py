@@ -4,6 +4,9 @@ The fusion heads follow the modality-imbalance literature's fusion modules (OGM-
 authors' code): ``concat`` = Linear(cat(x_a, x_b)); ``sum`` = Linear_a(x_a) + Linear_b(x_b);
 ``film`` = x_a produces (gamma, beta) that modulate x_b, then a linear; ``gated`` =
 sigmoid(Linear_a(x_a)) gates Linear_b(x_b), then a linear. x_a is the first modality's slot.
+
+``concat`` and ``sum`` are additive in the two slots, so they also give each modality's share of
+the fused logits (``slices``), which OGM-GE's per-modality scores are computed from.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class ConcatFusion(nn.Module):
     def forward(self, x_a: Tensor, x_b: Tensor) -> Tensor:
         return self.out(torch.cat((x_a, x_b), dim=1))
 
+    def slices(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Each slot's share of the logits, W_a x_a + b/2 and W_b x_b + b/2 (they sum to forward's)."""
+        w_a, w_b = self.out.weight.split(x_a.shape[1], dim=1)
+        half = self.out.bias / 2
+        return x_a @ w_a.T + half, x_b @ w_b.T + half
+
 
 class SumFusion(nn.Module):
     def __init__(self, dim: int, num_classes: int):
@@ -43,6 +52,10 @@ class SumFusion(nn.Module):
 
     def forward(self, x_a: Tensor, x_b: Tensor) -> Tensor:
         return self.out_a(x_a) + self.out_b(x_b)
+
+    def slices(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
+        """Each slot's share of the logits (they sum to forward's)."""
+        return self.out_a(x_a), self.out_b(x_b)
 
 
 class FiLMFusion(nn.Module):

@@ -4,7 +4,7 @@ plus a fusion head; and the one-modality network used by the unimodal baselines.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -46,6 +46,7 @@ class ModelOutputs:
     infiltration_logits: dict[str, Tensor]  # m -> C_m(I_m h_m) (empty for one-modality models)
     paths: dict[str, Tensor]            # eval_paths names: fused, <m>_only, <m>_self
     valid: dict[str, Tensor]            # path -> (B,) bool: rows on which the path is defined
+    features: dict[str, Tensor] = field(default_factory=dict)  # m -> S_m h_m (B, d), zeros where m is absent
 
 
 class ModalityBranch(nn.Module):
@@ -73,7 +74,14 @@ class MultimodalNet(nn.Module):
     Parameter groups (state_dict keys, parameters and buffers): ``"<m>.encoder"`` (E_m, S_m, I_m),
     ``"<m>.classifier"`` (C_m), ``"fusion"`` (F). Encoders run only on the rows that have their
     modality, so a modality missing from a whole batch takes no part in the computation graph.
+
+    ``missing_slot`` says what fills the absent modality's fusion slot on a one-modality row:
+    ``"infiltration"`` (FedCMI's I_m h_m, the default) or ``"zeros"`` (the balancing literature's
+    zeroed slot, e.g. CMSFed's weak-only clients); a method sets it on the model it trains and
+    evaluates.
     """
+
+    missing_slot: str = "infiltration"
 
     def __init__(self, specs: Sequence[ModalitySpec], num_classes: int, cfg: ModelConfig):
         super().__init__()
@@ -111,12 +119,14 @@ class MultimodalNet(nn.Module):
         batch = masks[self.modalities[0]].shape[0]
         no_logits = masks[self.modalities[0]].new_zeros((batch, self.num_classes), dtype=torch.float32)
         features: dict[str, tuple[Tensor, Tensor | None]] = {}   # m -> (S_m h_m, I_m h_m) on m's rows
+        projected: dict[str, Tensor] = {}   # m -> S_m h_m, (B, d)
         self_logits: dict[str, Tensor] = {}
         infiltration_logits: dict[str, Tensor] = {}
         for m, branch in self.branches.items():
             count = int(masks[m].sum())
             if count == 0:
                 self_logits[m] = no_logits
+                projected[m] = no_logits.new_zeros((batch, branch.classifier.in_features))
                 if branch.infiltration_projector is not None:
                     infiltration_logits[m] = no_logits
                 continue
@@ -124,6 +134,7 @@ class MultimodalNet(nn.Module):
             h = branch.encoder(x)
             s = branch.self_projector(h)
             self_logits[m] = _expand(branch.classifier(s), masks[m])
+            projected[m] = _expand(s, masks[m])
             i = None
             if branch.infiltration_projector is not None:
                 i = branch.infiltration_projector(h)
@@ -134,7 +145,8 @@ class MultimodalNet(nn.Module):
             (m,) = self.modalities
             path = f"{m}_self"
             return ModelOutputs(routed=self_logits[m], routed_valid=masks[m], self_logits=self_logits,
-                                infiltration_logits={}, paths={path: self_logits[m]}, valid={path: masks[m]})
+                                infiltration_logits={}, paths={path: self_logits[m]}, valid={path: masks[m]},
+                                features=projected)
 
         a, b = self.modalities
         both = masks[a] & masks[b]
@@ -148,7 +160,8 @@ class MultimodalNet(nn.Module):
                 continue
             s, i = features[m]
             # the infiltration feature fills the missing modality's slot: F(S_a, I_a) / F(I_b, S_b)
-            only_paths[m] = _expand(self.fusion(s, i) if m == a else self.fusion(i, s), masks[m])
+            fill = torch.zeros_like(s) if self.missing_slot == "zeros" else i
+            only_paths[m] = _expand(self.fusion(s, fill) if m == a else self.fusion(fill, s), masks[m])
         routed = fused
         for m, other in ((a, b), (b, a)):
             only = masks[m] & ~masks[other]
@@ -159,7 +172,7 @@ class MultimodalNet(nn.Module):
         valid = [both, masks[a], masks[b], masks[a], masks[b]]
         return ModelOutputs(routed=routed, routed_valid=masks[a] | masks[b], self_logits=self_logits,
                             infiltration_logits=infiltration_logits,
-                            paths=dict(zip(names, tensors)), valid=dict(zip(names, valid)))
+                            paths=dict(zip(names, tensors)), valid=dict(zip(names, valid)), features=projected)
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 Each prediction snapshot (``best``: the round best on validation, ``final``: the last round) of
 a run becomes a flat mapping :class:`Key` -> value. Tables, JSON, CSV and HTML are all views of
 these mappings, and a comparison's deltas are differences of the same keys, so every output
-format shows the same numbers. Only the class temperatures (logged by FedCMI during training)
-and the curves over rounds come from ``metrics.jsonl``.
+format shows the same numbers. Only the class temperatures (logged by FedCMI during training),
+the client selection (cmsfed, :attr:`RunData.selection`) and the curves over rounds come from
+``metrics.jsonl``.
 """
 
 from __future__ import annotations

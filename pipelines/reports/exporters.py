@@ -3,6 +3,8 @@
 - JSON and CSV always hold every number (summary, per class, per client) of the selected
   snapshots and paths, with deltas to the baseline in a comparison; values are fractions (0..1),
   not percent; NaN (undefined, e.g. recall of a class absent from the test set) is null / empty.
+  A run of a method that selects modalities (cmsfed) adds, in JSON only, its client selection per
+  logged round (``client_selection``: round, clients, trained_only, global_imbalance).
   An aggregated report's JSON / CSV hold every group statistic and paired difference the same way.
 - Markdown renders the same tables as the terminal.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -66,6 +69,8 @@ def report_dict(report: Report) -> dict[str, Any]:
                 for s, snap in run.snapshots.items()
             },
         }
+        if selection := r.selection:
+            entry["client_selection"] = [dataclasses.asdict(decision) for decision in selection]
         if report.compare and run is not report.baseline:
             entry["delta_vs_baseline"] = {s: nest(report.deltas(run, s)) for s in run.snapshots}
         runs.append(entry)

@@ -170,10 +170,14 @@ def recall_bars(report: Report, run: RunReport) -> Figure | None:
 def imbalance_panel(ax, run: RunData) -> None:
     """The logged imbalance ratio ρ (val and test) over rounds on ``ax``, on a log y-axis (A ahead
     by a factor k and B ahead by k lie equally far from balance, and a spike does not flatten the
-    rest), with the balanced level ρ = 1 drawn as a labelled horizontal line."""
+    rest), with the balanced level ρ = 1 drawn as a labelled horizontal line; the server's global
+    imbalance ρ̄ too when the method logs one (cmsfed)."""
     for i, split in enumerate(("val", "test")):
         rounds, ratio = _series(run, split, "imbalance_ratio")
         ax.plot(rounds, ratio, color=colour(i), marker=MARKERS[i], markersize=4, label=split)
+    rounds, server = _series(run, "server", "global_imbalance")
+    if np.isfinite(server).any():
+        ax.plot(rounds, server, color=colour(2), marker=MARKERS[2], markersize=4, label=r"server $\bar{\rho}$")
     ax.set_yscale("log")
     ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
     ax.text(0.01, 1.0, "balanced (ρ = 1)", transform=ax.get_yaxis_transform(), color="0.35", fontsize="small",
@@ -186,18 +190,40 @@ def imbalance_panel(ax, run: RunData) -> None:
     ax.legend(fontsize="small")
 
 
+def selection_panel(ax, run: RunData) -> None:
+    """Clients trained per round as stacked bars: those that trained every modality they hold,
+    then those that trained only one modality (cmsfed's weak-only clients), per modality."""
+    selection = run.selection
+    rounds = [r.round for r in selection]
+    bottom = np.array([len(r.clients) - r.single_modality for r in selection])
+    ax.bar(rounds, bottom, color="0.75", label="all held modalities")
+    for i, m in enumerate(run.modalities):
+        only = np.array([len(r.trained_only.get(m, [])) for r in selection])
+        ax.bar(rounds, only, bottom=bottom, color=colour(3 + i), label=f"{m} only")
+        bottom = bottom + only
+    ax.set_title("clients trained per round")
+    ax.set_ylabel("clients")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _round_axis(ax)
+    ax.legend(fontsize="small")
+
+
 def balance_over_rounds(run: RunData) -> Figure | None:
-    """Imbalance ratio (val and test) and, for FedCMI, class temperatures over rounds."""
+    """Imbalance ratio (val and test) and, for FedCMI, class temperatures over rounds; for a
+    method that selects modalities (cmsfed) also ρ̄ and the clients trained per round."""
     rounds_t = [line["round"] for line in run.metrics if line.get("temperatures")]
     has_ratio = any((line.get(split) or {}).get("imbalance_ratio") is not None
                     for line in run.metrics for split in ("val", "test"))
-    if not has_ratio and not rounds_t:
+    has_selection = bool(run.selection)
+    if not has_ratio and not rounds_t and not has_selection:
         return None
-    panels = int(has_ratio) + int(bool(rounds_t))
+    panels = int(has_ratio) + int(bool(rounds_t)) + int(has_selection)
     fig, axes = _new(6 * panels, 4, ncols=panels)
     ax_iter = iter(axes)
     if has_ratio:
         imbalance_panel(next(ax_iter), run)
+    if has_selection:
+        selection_panel(next(ax_iter), run)
     if rounds_t:
         ax = next(ax_iter)
         temps = np.array([line["temperatures"] for line in run.metrics if line.get("temperatures")], dtype=float)
@@ -212,7 +238,10 @@ def balance_over_rounds(run: RunData) -> Figure | None:
     return Figure(f"balance.{run.name}", f"Imbalance ratio and class temperatures · {run.name}",
                   "Logged each round in metrics.jsonl: the test/validation imbalance ratio ρ = Σ P_A / Σ P_B "
                   "of the self classifiers' ground-truth probabilities (log scale, 1 = balanced) and "
-                  "FedCMI's sample-weighted mean class temperatures (lower = sharper distillation target).",
+                  "FedCMI's sample-weighted mean class temperatures (lower = sharper distillation target)."
+                  + (" For a method that selects modalities: the server's global imbalance ρ̄ (sample-weighted mean "
+                     "of the clients' ρ) and the clients trained each round, by modalities trained."
+                     if has_selection else ""),
                   fig)
 
 

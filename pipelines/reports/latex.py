@@ -5,7 +5,7 @@ Each table is ``\\begin{table}…\\end{table}`` with ``\\toprule``/``\\midrule``
 and a ``\\label{tab:cmi-…}``. Numbers are in math mode: ``$78.3 \\pm 2.1$`` for a mean ± std,
 ``$+1.2$`` for a signed difference; the cells a table marks best (:attr:`Cell.bold`) are
 ``\\mathbf``. Text is escaped (``\\ & % $ # _ { } ~ ^ < >``) and the Unicode signs the tables use
-(−, ±, Δ, ·, ×, √, —, …) become LaTeX commands, so the output compiles with pdflatex as well.
+(−, ±, Δ, ·, ×, √, —, …, ρ̄) become LaTeX commands, so the output compiles with pdflatex as well.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ _SPECIAL = {
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
     "−": "$-$", "±": r"$\pm$", "Δ": r"$\Delta$", "·": r"$\cdot$", "×": r"$\times$", "√": r"$\surd$",
     "—": "---", "–": "--", "…": r"\dots{}", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$",
-    "κ": r"$\kappa$",
+    "κ": r"$\kappa$", "ρ̄": r"$\bar{\rho}$", "ρ": r"$\rho$",
 }
-_SPECIAL_RE = re.compile("|".join(re.escape(c) for c in _SPECIAL))
+# longest first: ρ̄ (ρ and a combining macron) before ρ
+_SPECIAL_RE = re.compile("|".join(re.escape(c) for c in sorted(_SPECIAL, key=len, reverse=True)))
 
 
 def escape(text: str) -> str:

@@ -84,6 +84,24 @@ class PartitionInfo:
         return "+".join(held) if held else "none"
 
 
+@dataclass(frozen=True)
+class SelectionRound:
+    """One logged round of a method that chooses per round which clients train and which of
+    them train only one modality (``selects_modalities``: cmsfed), from its metrics.jsonl line:
+    the clients trained, those that trained only each modality (``trained_only``) and the
+    server's global imbalance ρ̄ (``server.global_imbalance``, None when unknown)."""
+
+    round: int
+    clients: list[int]
+    trained_only: dict[str, list[int]]
+    global_imbalance: float | None
+
+    @property
+    def single_modality(self) -> int:
+        """How many of the round's clients trained only one modality."""
+        return sum(len(ids) for ids in self.trained_only.values())
+
+
 @dataclass
 class RunData:
     """Everything a report reads from one run directory."""
@@ -135,6 +153,17 @@ class RunData:
     @property
     def complete(self) -> bool:
         return self.status == "complete" and "final" in self.test
+
+    @property
+    def selection(self) -> list[SelectionRound]:
+        """The client-selection decisions of every logged round that carries ``trained_only``
+        (empty for a method that does not select modalities)."""
+        return [
+            SelectionRound(int(line["round"]), sorted(line.get("clients") or []),
+                           {m: sorted(ids) for m, ids in (line["trained_only"] or {}).items()},
+                           (line.get("server") or {}).get("global_imbalance"))
+            for line in self.metrics if "trained_only" in line
+        ]
 
     def metrics_at(self, round_: int | None) -> dict[str, Any] | None:
         """The metrics.jsonl line of ``round_`` (None when that round was not logged)."""

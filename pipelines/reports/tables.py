@@ -2,7 +2,8 @@
 rendering. Markdown and HTML render the same :class:`Table` objects.
 
 Rates are shown in percent with one decimal; differences (deltas, gaps) in signed percentage
-points; temperatures with three decimals.
+points; temperatures and the global imbalance ρ̄ with three decimals; client ids as ranges
+(``0–3, 7``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.panel import Panel
 from rich.table import Table as RichTable
 
 from pipelines.reports.analysis import Key, Report, RunReport, Value
-from pipelines.reports.load import SNAPSHOT_LABELS
+from pipelines.reports.load import SNAPSHOT_LABELS, RunData
 
 #: how a metric's values are formatted: pct (x100), pp (signed x100), int, num (3 decimals), text
 METRIC_KINDS = {
@@ -294,6 +295,40 @@ def per_client_tables(report: Report, run: RunReport, snapshot: str) -> list[Tab
     return [detail, stats]
 
 
+def compact_ids(ids: Sequence[int]) -> str:
+    """Client ids ascending, three or more consecutive ones as a range: ``0–2, 5, 7, 8``; "—" for none."""
+    ids = sorted(set(ids))
+    parts, start = [], 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or ids[end] != ids[end - 1] + 1:
+            block = ids[start:end]
+            parts += [f"{block[0]}–{block[-1]}"] if len(block) > 2 else [str(i) for i in block]
+            start = end
+    return ", ".join(parts) or MISSING
+
+
+def selection_table(run: RunData) -> Table | None:
+    """The client-selection decisions per logged round of a method that selects modalities
+    (cmsfed): clients trained, those that trained only each modality, the server's ρ̄; None for
+    a run whose metrics carry no ``trained_only``."""
+    rounds = run.selection
+    if not rounds:
+        return None
+    rows = [
+        [Cell(r.round, "int"), Cell(f"{len(r.clients)} ({compact_ids(r.clients)})" if r.clients else "0")]
+        + [Cell(compact_ids(r.trained_only.get(m, []))) for m in run.modalities]
+        + [Cell(r.global_imbalance, "num")]
+        for r in rounds
+    ]
+    columns = ["round", "clients trained", *(f"{m} only" for m in run.modalities), "global imbalance ρ̄"]
+    first = run.modalities[0] if run.modalities else "the first modality"
+    note = ("Logged each round in metrics.jsonl: the clients whose update was aggregated (count and ids), those of "
+            "them that trained only one modality, and the server's global imbalance ρ̄ after the round (mean of "
+            f"the clients' imbalance ratios weighted by samples; > 1: {first} dominant), which picks the "
+            "modality the next round's weak-only clients train.")
+    return Table(f"selection.{run.name}", f"Client selection · {run.name}", columns, rows, note)
+
+
 # ----------------------------------------------------------------------------- comparison
 
 
@@ -366,7 +401,8 @@ def compare_tables(report: Report, snapshot: str, per_class: bool, per_client: b
 
 def build_tables(report: Report, *, per_class: bool, per_client: bool) -> list[Table]:
     """The report's tables in display order: runs, then per snapshot the summary, per-class and
-    per-client tables (side by side with deltas in a comparison)."""
+    per-client tables (side by side with deltas in a comparison), then with the per-client
+    tables each run's client selection over rounds (a method that selects modalities only)."""
     tables = [runs_table(report)]
     for snapshot in report.snapshots:
         if report.compare:
@@ -380,6 +416,8 @@ def build_tables(report: Report, *, per_class: bool, per_client: bool) -> list[T
                 tables.append(per_class_table(report, run, snapshot))
             if per_client:
                 tables += per_client_tables(report, run, snapshot)
+    if per_client:
+        tables += [table for run in report.runs if (table := selection_table(run.run)) is not None]
     return tables
 
 

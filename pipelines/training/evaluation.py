@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.fl import TrainPool
-from pipelines.fl.fedcmi import dominance_ratio
+from pipelines.fl.measures import dominance_ratio
 from pipelines.reports.metrics import client_stats, path_metrics
 
 

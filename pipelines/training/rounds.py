@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from pipelines.errors import CmiError
-from pipelines.fl import ClientData, ClientUpdate, FedAvg, TrainPool, get_method
-from pipelines.models import build_model
+from pipelines.fl import ClientData, ClientTask, ClientUpdate, FedAvg, ServerState, TrainPool, get_method
+from pipelines.fl.base import sample_clients  # noqa: F401  (re-exported: the sampling is read from here)
 from pipelines.shards import ModalitySpec
 
 if TYPE_CHECKING:
@@ -22,18 +22,10 @@ if TYPE_CHECKING:
 #: client id of the single pooled client of a ``pooled`` (centralized) method
 POOLED_CLIENT = 0
 
-# spawn-key streams of the run seed, so client sampling and client seeds never share draws
-_SAMPLING_STREAM = 0
+# spawn-key streams of the run seed, so client sampling, client seeds and initial weights never
+# share draws (streams 0, 3 and 4: client sampling, round planning and hook generators, in fl/base.py)
 _CLIENT_STREAM = 1
 _INIT_STREAM = 2
-
-
-def sample_clients(seed: int, round_: int, num_clients: int, clients_per_round: int) -> list[int]:
-    """The clients of round ``round_``: ``clients_per_round`` of ``num_clients`` uniformly without
-    replacement, ascending. A pure function of (seed, round), so resuming needs no RNG state."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SAMPLING_STREAM, round_)))
-    chosen = rng.choice(num_clients, size=min(clients_per_round, num_clients), replace=False)
-    return sorted(int(c) for c in chosen)
 
 
 def client_seed(seed: int, round_: int, cid: int) -> int:
@@ -63,7 +55,10 @@ def build_method(config: RunConfig, specs: Sequence[ModalitySpec], num_classes: 
     ``config.hparams``: what the local engine, the Flower ServerApp and every ClientApp train with."""
     cls = get_method(config.method)
     model_specs = cls.select_specs(list(specs), config.hparams)
-    return cls(lambda: build_model(model_specs, num_classes, config.model), config.train, config.hparams, device)
+    method = cls(lambda: cls.network(model_specs, num_classes, config.model, config.hparams), config.train,
+                 config.hparams, device)
+    method.total_rounds = config.rounds
+    return method
 
 
 def method_clients(method: FedAvg, data: TrainingData) -> list[ClientData]:
@@ -100,12 +95,15 @@ def check_update(round_: int, update: ClientUpdate) -> None:
 
 
 def train_client(method: FedAvg, global_state: dict[str, torch.Tensor], pool: TrainPool, client: ClientData,
-                 round_: int, seed: int, client_state: dict[str, torch.Tensor] | None = None) -> ClientUpdate:
+                 round_: int, seed: int, client_state: dict[str, torch.Tensor] | None = None, *,
+                 task: ClientTask | None = None, broadcast: ServerState | None = None) -> ClientUpdate:
     """One client's local update of round ``round_`` (counted from 1, as in metrics and
     checkpoints; methods count from 0), checked with :func:`check_update`. ``seed`` comes from
     :func:`client_seed`; ``client_state`` is what the client kept from its last update (method
-    ``local``), else None."""
-    update = method.client_update(global_state, pool, client, round_ - 1, seed, client_state=client_state)
+    ``local``), else None; ``task`` is its part of the round plan and ``broadcast`` what the
+    server sends every client (``method.broadcast``)."""
+    update = method.client_update(global_state, pool, client, round_ - 1, seed, client_state=client_state,
+                                  task=task, broadcast=broadcast)
     check_update(round_, update)
     return update
 

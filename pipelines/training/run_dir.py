@@ -1,7 +1,8 @@
 """A run directory (`cmi train`'s artifact): manifest, config, metrics log, predictions and
 checkpoints. Layout: bottom of :mod:`pipelines.artifacts`.
 
-Checkpoints: ``checkpoints/last.safetensors`` holds the global weights (``global/<key>``) and
+Checkpoints: ``checkpoints/last.safetensors`` holds the global weights (``global/<key>``), the
+method's server state (``server/<key>``: CMSFed's prototypes and distance matrices...) and
 the loop state as JSON metadata, including which file holds each client's state of a
 non-federated method (:class:`ClientStates`: ``checkpoints/clients/<sha256>.safetensors``, one per
 distinct state, written once when it changes). It is replaced atomically after every round, so
@@ -60,6 +61,7 @@ class Checkpoint:
     best_round: int | None = None
     best_score: float | None = None
     identity: str = ""
+    server_state: State = field(default_factory=dict)   # the method's (``FedAvg.server_update``)
 
 
 def state_bytes(state: State) -> bytes:
@@ -251,6 +253,7 @@ class RunDirectory:
         """Replace ``last.safetensors`` with ``ckpt`` (its client files must have been written by
         :meth:`ClientStates.put`), then delete the client files it no longer references."""
         tensors = {f"global/{k}": v for k, v in ckpt.global_state.items()}
+        tensors.update({f"server/{k}": v for k, v in ckpt.server_state.items()})
         meta = {"round": ckpt.round, "best_round": ckpt.best_round, "best_score": ckpt.best_score,
                 "identity": ckpt.identity, "clients": {str(cid): d for cid, d in sorted(ckpt.clients.items())}}
         _save_tensors(self.checkpoint_file, tensors, {_STATE_KEY: json.dumps(meta)})
@@ -273,11 +276,14 @@ class RunDirectory:
                 f"checkpoint {path} is unreadable ({exc}); start the run again with `cmi train --force`."
             ) from exc
         global_state: State = {}
+        server_state: State = {}
         inline: dict[int, State] = {}   # client states inside the file: checkpoints of cmi before ClientStates
         for key, value in tensors.items():
             scope, _, rest = key.partition("/")
             if scope == "global":
                 global_state[rest] = value
+            elif scope == "server":
+                server_state[rest] = value
             else:
                 cid, _, name = rest.partition("/")
                 inline.setdefault(int(cid), {})[name] = value
@@ -287,11 +293,13 @@ class RunDirectory:
             store = self.client_states()
             clients = {cid: store.put(cid, state) for cid, state in inline.items()}
         return Checkpoint(meta["round"], global_state, clients, meta["best_round"], meta["best_score"],
-                          meta["identity"])
+                          meta["identity"], server_state)
 
 
 #: list-valued metrics that are sets of client ids (one text cell), not per-class values
 _ID_LISTS = ("clients", "failed_clients")
+#: dicts whose list values are sets of client ids too (CMSFed's weak-only clients per modality)
+_ID_LIST_DICTS = ("trained_only",)
 
 
 def metrics_table(records: list[dict[str, Any]], classes: list[str] | None = None
@@ -316,7 +324,7 @@ def _flatten_metrics(value: Any, key: str, classes: list[str] | None, row: dict[
     if isinstance(value, dict):
         for sub, inner in value.items():
             _flatten_metrics(inner, f"{key}.{sub}" if key else sub, classes, row)
-    elif isinstance(value, list) and key in _ID_LISTS:
+    elif isinstance(value, list) and (key in _ID_LISTS or key.partition(".")[0] in _ID_LIST_DICTS):
         row[key] = " ".join(str(v) for v in value)
     elif isinstance(value, list):
         names = classes if classes is not None and len(classes) == len(value) else range(len(value))

@@ -1,10 +1,12 @@
 """One training run between rounds: what an engine needs to plan a round and to finish it.
 
-An engine (local loop, Flower ServerApp) asks :meth:`TrainingSession.plan_round` which clients
-train, gets their updates (each computed with :func:`~pipelines.training.rounds.client_seed`
+An engine (local loop, Flower ServerApp) asks :meth:`TrainingSession.round_plan` which clients
+train and what (the method's ``plan_round``), gets their updates (each computed with
+:func:`~pipelines.training.rounds.client_seed` and the method's :meth:`TrainingSession.broadcast`
 by ``method.client_update`` and checked by :func:`~pipelines.training.rounds.check_update`), and
-hands them to :meth:`TrainingSession.finish_round`, which aggregates, evaluates when due, logs
-metrics, saves predictions and checkpoints.
+hands them to :meth:`TrainingSession.finish_round`, which aggregates (``method.server_update``:
+new global and server state), evaluates when due, logs metrics, saves predictions and
+checkpoints (global and server state).
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ import torch
 import pipelines
 from pipelines.artifacts import Artifact, Workspace, eval_paths as paths_for, fingerprint
 from pipelines.errors import CmiError
-from pipelines.fl import ClientUpdate, FedAvg, TrainPool
-from pipelines.models import build_model
+from pipelines.fl import ClientTask, ClientUpdate, FedAvg, ServerState, TrainPool
 from pipelines.training.config import RunConfig, config_toml, resolve_config
 from pipelines.training.data import TrainingData, load_training_data
 from pipelines.training.evaluation import Predictions, client_accuracy, predict, selection_path, split_metrics
 from pipelines.training.rounds import (
     POOLED_CLIENT, TrainingDiverged, build_method, client_seed, init_seed, mean_loss, mean_temperatures,
-    method_clients, resolve_device, sample_clients, train_client,
+    method_clients, resolve_device, train_client,
 )
 from pipelines.training.run_dir import RUN_CONFIG_TOML, Checkpoint, RunDirectory, State, state_bytes
 from pipelines.training.threads import use_threads
@@ -73,6 +74,8 @@ class TrainingSession:
         self.best_score: float | None = None
         self.identity = run_identity(config, data.partition)
         self.clients = method_clients(self.method, data)
+        self.server_state: ServerState = self.method.init_server_state(len(self.clients), data.num_classes)
+        self._plans: dict[int, list[ClientTask]] = {}   # round -> its plan, until the round is finished
         if not self.method_cls.pooled and config.clients_per_round > len(self.clients):
             raise CmiError(
                 f"clients_per_round is {config.clients_per_round} but partition {data.partition.name} has "
@@ -80,7 +83,8 @@ class TrainingSession:
             )
 
     def _initial_model(self) -> torch.nn.Module:
-        return build_model(self.model_specs, self.data.num_classes, self.config.model, seed=init_seed(self.config.seed))
+        return self.method_cls.network(self.model_specs, self.data.num_classes, self.config.model, self.config.hparams,
+                                       seed=init_seed(self.config.seed))
 
     # ------------------------------------------------------------------ state
 
@@ -141,17 +145,37 @@ class TrainingSession:
             )
         if ckpt is not None:
             self.global_state = {k: v.to(self.device) for k, v in ckpt.global_state.items()}
+            self.server_state = dict(ckpt.server_state)
+            self._plans = {}
             self.client_states.reset(ckpt.clients)
             self.rounds_done, self.best_round, self.best_score = ckpt.round, ckpt.best_round, ckpt.best_score
         self.run.truncate_metrics(self.rounds_done)
 
     # ------------------------------------------------------------------ one round
 
+    def round_plan(self, round_: int) -> list[ClientTask]:
+        """The tasks of ``round_`` (the method's ``plan_round`` from the current server state,
+        ascending by client id); asked again before the round is finished, the same plan."""
+        if round_ not in self._plans:
+            if self.method_cls.pooled:
+                plan = [ClientTask(POOLED_CLIENT)]
+            else:
+                plan = self.method.plan_round(round_ - 1, self.clients, self.config.clients_per_round,
+                                              self.config.seed, self.server_state)
+            self._plans = {round_: plan}
+        return self._plans[round_]
+
     def plan_round(self, round_: int) -> list[int]:
         """The client ids that train in ``round_``."""
-        if self.method_cls.pooled:
-            return [POOLED_CLIENT]
-        return sample_clients(self.config.seed, round_, len(self.clients), self.config.clients_per_round)
+        return [task.cid for task in self.round_plan(round_)]
+
+    def task(self, round_: int, cid: int) -> ClientTask:
+        """Client ``cid``'s task in ``round_`` (a client outside the plan: every modality)."""
+        return next((t for t in self.round_plan(round_) if t.cid == cid), ClientTask(cid))
+
+    def broadcast(self) -> ServerState:
+        """What every client of the next round receives from the server state (``method.broadcast``)."""
+        return self.method.broadcast(self.server_state)
 
     def client_seed(self, round_: int, cid: int) -> int:
         return client_seed(self.config.seed, round_, cid)
@@ -159,7 +183,8 @@ class TrainingSession:
     def client_update(self, round_: int, cid: int) -> ClientUpdate:
         """Client ``cid``'s local update of ``round_``, in this process (see :func:`train_client`)."""
         return train_client(self.method, self.global_state, self.data.train.pool, self.clients[cid], round_,
-                            self.client_seed(round_, cid), self.client_states.get(cid))
+                            self.client_seed(round_, cid), self.client_states.get(cid),
+                            task=self.task(round_, cid), broadcast=self.broadcast())
 
     def finish_round(self, round_: int, updates: list[ClientUpdate], started: float,
                      failed: Sequence[int] = ()) -> RoundResult:
@@ -171,17 +196,21 @@ class TrainingSession:
         start; ``failed`` lists clients an engine lost in the round (logged as ``failed_clients``)."""
         trained = [u for u in updates if u.num_samples > 0]
         skipped = sorted(u.cid for u in updates if u.num_samples == 0)
+        plan = self.round_plan(round_)
         if trained:
-            self.global_state = self.method.aggregate(self.global_state, trained)
+            self.global_state, self.server_state = self.method.server_update(
+                self.global_state, self.server_state, trained, round_ - 1)
+        self._plans = {}
         for update in trained:
             if update.client_state is not None:
                 self.client_states.put(update.cid, update.client_state)
         record = None
         if round_ % self.config.eval_every == 0 or round_ == self.config.rounds:
-            record = self._evaluate(round_, trained, started, failed)
+            record = self._evaluate(round_, trained, started, failed, plan)
+            self.server_state = self.method.observe_evaluation(self.server_state, record)
         self.rounds_done = round_
         self.run.save_checkpoint(Checkpoint(round_, self.global_state, dict(self.client_states.digests),
-                                            self.best_round, self.best_score, self.identity))
+                                            self.best_round, self.best_score, self.identity, self.server_state))
         self.run.update(rounds_done=round_, best_round=self.best_round)
         return RoundResult(round_, sorted(u.cid for u in trained), skipped, record)
 
@@ -250,7 +279,7 @@ class TrainingSession:
         return every is None or round_ % every == 0 or round_ == self.config.rounds
 
     def _evaluate(self, round_: int, updates: list[ClientUpdate], started: float,
-                  failed: Sequence[int]) -> dict[str, Any]:
+                  failed: Sequence[int], plan: Sequence[ClientTask]) -> dict[str, Any]:
         models = self._models()
         blocks: dict[str, dict[str, Any]] = {}
         split_preds: dict[str, Predictions] = {}
@@ -272,6 +301,11 @@ class TrainingSession:
             "test": blocks.get("test"),
             "client_accuracy": None,
         }
+        if self.method_cls.selects_modalities:
+            record["trained_only"] = trained_only(plan, updates)
+        server = self.method.server_metrics(self.server_state)
+        if server:
+            record["server"] = server
         score = (blocks.get("val") or {}).get("accuracy", {}).get(self.selection)
         improved = self.best_round is None or score is None or self.best_score is None or score > self.best_score
         snapshots = (["best"] if improved else []) + (["final"] if round_ == self.config.rounds else [])
@@ -315,6 +349,18 @@ class TrainingSession:
                 ids = np.tile(ids, len(models))
             self.run.write_test_predictions(which, ids, test.labels, test.paths, round_, model_col)
         self.run.write_client_predictions(which, train_ids, train_client, labels, routed, round_)
+
+
+def trained_only(plan: Sequence[ClientTask], updates: Sequence[ClientUpdate]) -> dict[str, list[int]]:
+    """Modality -> the clients (of ``updates``) that trained only it in the round, as ``plan``
+    said: the selection decisions of a method that ``selects_modalities`` (CMSFed's weak-only
+    clients), logged as the metrics line's ``trained_only``."""
+    trained = {u.cid for u in updates}
+    only: dict[str, list[int]] = {}
+    for task in plan:
+        if task.cid in trained and task.modalities is not None and len(task.modalities) == 1:
+            only.setdefault(task.modalities[0], []).append(task.cid)
+    return {m: sorted(cids) for m, cids in sorted(only.items())}
 
 
 # ---------------------------------------------------------------------- opening a run

@@ -126,6 +126,19 @@ class TestOnCmiFlowerUp:
         flower = train(ws, "flower-fedavg", "flower", FlowerOptions(superlink=address, round_timeout=180), **settings)
         assert_same_training(flower, local)
 
+    def test_cmsfed_equals_the_local_engine(self, ws, cli_deployment):
+        """The method whose server plans each round from its state: the broadcast prototypes, the
+        clients' payloads and the selection cross real processes."""
+        address, _ = cli_deployment
+        settings = dict(method="cmsfed", rounds=3, clients_per_round=2)
+        local = train(ws, "local-cmsfed", "local", **settings)
+        flower = train(ws, "flower-cmsfed", "flower", FlowerOptions(superlink=address, round_timeout=180), **settings)
+        assert_same_training(flower, local)
+        for key, value in local.server_state.items():
+            torch.testing.assert_close(flower.server_state[key], value, rtol=0, atol=ATOL, equal_nan=True, msg=key)
+        assert [line["trained_only"] for line in flower.run.read_metrics()] == \
+            [line["trained_only"] for line in local.run.read_metrics()]
+
 
 def test_fedcmi_on_its_own_deployment_equals_the_local_engine_and_leaves_no_process(ws):
     settings = dict(method="fedcmi", rounds=2, clients_per_round=3)

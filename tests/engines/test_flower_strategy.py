@@ -132,9 +132,10 @@ def without_time(lines):
     return [{k: v for k, v in line.items() if k != "time_s"} for line in lines]
 
 
-@pytest.mark.parametrize("method, supernodes", [("fedavg", 3), ("fedcmi", 2), ("local", 3), ("centralized", 2)])
+@pytest.mark.parametrize("method, supernodes", [("fedavg", 3), ("fedcmi", 2), ("local", 3), ("centralized", 2),
+                                                ("cmsfed", 2), ("pmr", 3), ("ogm_ge", 2)])
 def test_flower_rounds_equal_the_local_engine_exactly(ws, method, supernodes):
-    settings = dict(method=method, rounds=2, clients_per_round=2)
+    settings = dict(method=method, rounds=3 if method == "cmsfed" else 2, clients_per_round=2)
     local = open_session(ws, quick_config(**settings), name=f"local-{method}")
     run_local(local, QuietProgress())
     flower = flower_session(ws, f"flower-{method}", **settings)
@@ -142,6 +143,9 @@ def test_flower_rounds_equal_the_local_engine_exactly(ws, method, supernodes):
 
     for key, value in local.global_state.items():
         assert torch.equal(flower.global_state[key], value), key
+    assert flower.server_state.keys() == local.server_state.keys()
+    for key, value in local.server_state.items():   # CMSFed's: sketches, distances, prototypes...
+        torch.testing.assert_close(flower.server_state[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
     assert flower.client_states.keys() == local.client_states.keys()
     for cid, state in local.client_states.items():   # method local: every client's own model
         assert all(torch.equal(flower.client_states[cid][k], v) for k, v in state.items())

@@ -147,3 +147,15 @@ def test_the_synthetic_example_is_fedavg_fedprox_fedcmi_times_three_seeds(ws):
     cells = expand(build_spec(EXAMPLES / "experiment-synthetic.toml"), ws)
     assert sorted((c.cell.method, c.cell.seed) for c in cells) == sorted(
         (m, s) for m in ("fedavg", "fedprox", "fedcmi") for s in (0, 1, 2))
+
+
+def test_the_balancing_methods_grid_with_their_own_keys(ws, tmp_path):
+    path = tmp_path / "balancing.toml"
+    path.write_text('[experiment]\nname = "bal"\nmethods = ["fedavg", "cmsfed", "pmr", "ogm_ge"]\nseeds = [0]\n'
+                    '[grid]\n"cmsfed.theta" = [1.2, 1.5]\n"pmr.alpha" = [1.0, 2.0]\n')
+    cells = expand(build_spec(path), ws)
+    assert sorted(c.cell.run for c in cells) == sorted([
+        "bal-fedavg-s0", "bal-cmsfed-theta=1.2-s0", "bal-cmsfed-theta=1.5-s0", "bal-pmr-alpha=1-s0", "bal-pmr-alpha=2-s0",
+        "bal-ogm_ge-s0"])
+    thetas = {c.config.hparams.theta for c in cells if c.cell.method == "cmsfed"}
+    assert thetas == {1.2, 1.5}

@@ -97,15 +97,16 @@ class RunSpec:
 
 
 def metrics_line(round_: int, paths: Sequence[str], acc: float, *, n_classes: int = 3,
-                 temperatures: Sequence[float] | None = None, ratio: float = 1.5) -> dict[str, Any]:
-    """A metrics.jsonl line in the documented schema (numbers are what training would log)."""
+                 temperatures: Sequence[float] | None = None, ratio: float = 1.5, **extra: Any) -> dict[str, Any]:
+    """A metrics.jsonl line in the documented schema (numbers are what training would log);
+    ``extra`` keys are added or replace the defaults (``clients``, ``trained_only``, ``server``...)."""
     split = {"accuracy": {p: acc - 0.05 * i for i, p in enumerate(paths)},
              "per_class_recall": {p: [acc] * n_classes for p in paths},
              "macro_f1": {p: acc for p in paths}, "imbalance_ratio": ratio}
     return {"round": round_, "time_s": 1.0, "clients": [0, 1], "failed_clients": [], "train_loss": 1.0 / round_,
             "temperatures": list(temperatures) if temperatures is not None else None,
             "val": split, "test": {**split, "accuracy": {p: v + 0.01 for p, v in split["accuracy"].items()}},
-            "client_accuracy": {"mean": acc, "std": 0.1, "worst10": acc / 2}}
+            "client_accuracy": {"mean": acc, "std": 0.1, "worst10": acc / 2}, **extra}
 
 
 def _write_parquet(path, columns: dict[str, pa.Array], round_: int) -> None:

@@ -187,8 +187,8 @@ def test_nan_loss_stops_naming_round_and_client_and_keeps_the_last_checkpoint(ws
     s = open_session(ws, quick_config(method="fedavg", rounds=4), name="nan-run")
     real = s.method.client_update
 
-    def poisoned(global_state, pool, client, round_idx, seed, client_state=None):
-        update = real(global_state, pool, client, round_idx, seed, client_state)
+    def poisoned(global_state, pool, client, round_idx, seed, client_state=None, **plan):
+        update = real(global_state, pool, client, round_idx, seed, client_state, **plan)
         if round_idx == 2:  # the third round
             update.metrics["loss"] = float("nan")
         return update

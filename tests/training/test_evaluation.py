@@ -100,12 +100,13 @@ def test_predict_matches_a_direct_forward_and_marks_undefined_rows():
     assert (pred.routed == out.routed.argmax(1).numpy()).all()
     both = audio & visual
     for k, m in enumerate(("audio", "visual")):
-        assert np.array_equal(pred.self_logits[both, k], out.self_logits[m].numpy()[both]), m
+        # batches of 7 vs one batch of 40: the matmul kernels may round differently (last bits)
+        np.testing.assert_allclose(pred.self_logits[both, k], out.self_logits[m].numpy()[both], rtol=1e-5, atol=1e-6)
     assert np.isnan(pred.self_logits[~both]).all()
     probs = {m: torch.softmax(out.self_logits[m].double(), 1)[torch.arange(40), pool.labels].numpy()
              for m in ("audio", "visual")}
     assert split_metrics(pred, NUM_CLASSES)["imbalance_ratio"] == pytest.approx(
-        probs["audio"][both].sum() / probs["visual"][both].sum(), rel=1e-9)
+        probs["audio"][both].sum() / probs["visual"][both].sum(), rel=1e-5)
     none = predict(model, pool, PATHS, ("audio", "visual"), batch_size=7, indices=np.zeros(0, np.int64))
     assert none.self_logits.shape == (0, 2, NUM_CLASSES) and split_metrics(none, NUM_CLASSES)["imbalance_ratio"] is None
     assert Predictions.concat([none, pred]).self_logits.shape == (40, 2, NUM_CLASSES)

@@ -1,6 +1,8 @@
 """kill -9 in the middle of a run, `cmi train --resume`, and the result of an uninterrupted run:
-FedCMI, and method local, whose per-client states live in content-addressed files beside the
-checkpoint (a kill before the checkpoint leaves the round's new state files unreferenced)."""
+FedCMI; CMSFed, whose server state (prototypes, sketches, distance matrices, imbalances) the
+checkpoint carries and whose round plan depends on it; and method local, whose per-client
+states live in content-addressed files beside the checkpoint (a kill before the checkpoint
+leaves the round's new state files unreferenced)."""
 
 import json
 import os
@@ -25,6 +27,7 @@ from tests.training.helpers import QUICK, partitioned_workspace
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "fedcmi": {**QUICK, "method": "fedcmi", "rounds": 4},
+    "cmsfed": {**QUICK, "method": "cmsfed", "rounds": 4, "clients_per_round": 2},
     "local": {**QUICK, "method": "local", "rounds": 4, "clients_per_round": 2},
 }
 
@@ -55,7 +58,9 @@ def kill_during_run(ws, name: str, settings: dict, kill_round: int, where: str) 
 
 def assert_same_run(run: RunDirectory, ref: RunDirectory) -> None:
     a, b = load_file(str(run.checkpoint_file)), load_file(str(ref.checkpoint_file))
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b)
+    for key in a:   # global weights and the method's server state (CMSFed's ρ is NaN for unimodal clients)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=key)
     # client states: the same files (named by their content), and none left unreferenced
     assert run.load_checkpoint().clients == ref.load_checkpoint().clients
     store = run.client_states()
@@ -79,6 +84,8 @@ def test_resume_after_kill_9_ends_exactly_like_an_uninterrupted_run(reference, w
     manifest = run.artifact().manifest
     assert manifest["status"] == "running" and manifest["rounds_done"] == checkpointed
     assert run.load_checkpoint().round == checkpointed
+    if method == "cmsfed":   # the plan of round 3 depends on it
+        assert {"server/dist", "server/prototypes", "server/rho"} <= set(load_file(str(run.checkpoint_file)))
     assert [line["round"] for line in run.read_metrics()] == [1, 2]  # before-checkpoint: ahead by one
     if method == "local":
         referenced = set(run.load_checkpoint().clients.values())

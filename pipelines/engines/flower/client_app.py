@@ -137,7 +137,7 @@ def train_client(work: Worker, order: TrainOrder, client: ClientOrder, state: Re
     if client_state is None and kept is not None:
         client_state = record_state(kept)
     update = rounds.train_client(work.method, order.global_state, work.data.train.pool, data, order.round,
-                                 client.seed, client_state)
+                                 client.seed, client_state, task=client.task, broadcast=order.broadcast)
     if update.client_state is not None:
         state[key] = state_record(update.client_state)
     return update

@@ -12,15 +12,18 @@ Messages (one per SuperNode and round; the node trains its selected clients one 
   ConfigRecord holds ``partition-id``, ``num-partitions``, ``any-client`` and
   ``partition-fingerprint`` (of the partition the node loads), so the server knows where each
   client lives and that the node reads the same data.
-* ``train``: ``global`` ArrayRecord (the global model), ``round`` ConfigRecord (``round``,
-  ``partition-fingerprint``), and per selected client ``client.<cid>`` ConfigRecord (``cid``,
-  ``seed``, ``modalities`` it holds) plus ``client-state.<cid>`` ArrayRecord when the server sends
+* ``train``: ``global`` ArrayRecord (the global model), ``broadcast`` ArrayRecord (what the
+  method's server sends every client, ``FedAvg.broadcast``; absent when empty), ``round``
+  ConfigRecord (``round``, ``partition-fingerprint``), and per selected client ``client.<cid>``
+  ConfigRecord (``cid``, ``seed``, ``modalities`` it holds, and its task of the round plan:
+  ``train-modalities`` as JSON, null for all, and ``local-epochs``, 0 for the run's) plus ``client-state.<cid>`` ArrayRecord when the server sends
   the client's persistent state (``ClientUpdate.client_state``, e.g. method ``local``'s own
   model): only the first time the client trains on that SuperNode in this run, which keeps it in
   its ``context.state`` afterwards.
   The reply holds per client ``result.<cid>`` ConfigRecord (``num-samples``, ``trained-groups``,
   ``metrics`` as JSON), ``update.<cid>`` ArrayRecord (its state; absent when it trained
-  nothing, the update then being the global state it received) and ``client-state.<cid>``
+  nothing, the update then being the global state it received), ``payload.<cid>`` ArrayRecord
+  (``ClientUpdate.payload``, when not empty) and ``client-state.<cid>``
   ArrayRecord (its new persistent state, if any: the server checkpoints and evaluates it; arrays
   equal to the state's travel once, Flower's objects being content-addressed) — or, when a
   client's training diverged, only a ``diverged`` ConfigRecord (``cid``, ``what``).
@@ -40,12 +43,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from pipelines.artifacts import canonical_json
 from pipelines.errors import CmiError
-from pipelines.fl import ClientUpdate
+from pipelines.fl import ClientTask, ClientUpdate
 
 State = dict[str, torch.Tensor]
 
 QUERY_NODE = "node"
 GLOBAL = "global"
+BROADCAST = "broadcast"
 ROUND = "round"
 DIVERGED = "diverged"
 STATE_ARRAY = "safetensors"
@@ -163,6 +167,7 @@ class ClientOrder:
     seed: int
     modalities: tuple[str, ...]
     client_state: State | None = None   # the server's copy of the client's persistent state
+    task: ClientTask | None = None      # its part of the round plan (None: every modality, the run's epochs)
 
 
 @dataclass
@@ -173,17 +178,24 @@ class TrainOrder:
     partition_fingerprint: str
     global_state: State
     clients: list[ClientOrder]
+    broadcast: State = dataclasses.field(default_factory=dict)
 
 
 def encode_train(round_: int, partition_fingerprint: str, global_record: ArrayRecord,
-                 clients: Sequence[ClientOrder]) -> RecordDict:
+                 clients: Sequence[ClientOrder], broadcast: ArrayRecord | None = None) -> RecordDict:
     content = RecordDict({
         GLOBAL: global_record,
         ROUND: ConfigRecord({"round": round_, "partition-fingerprint": partition_fingerprint}),
     })
+    if broadcast is not None:
+        content[BROADCAST] = broadcast
     for order in clients:
-        content[f"client.{order.cid}"] = ConfigRecord(
-            {"cid": order.cid, "seed": order.seed, "modalities": list(order.modalities)})
+        task = order.task or ClientTask(order.cid)
+        content[f"client.{order.cid}"] = ConfigRecord({
+            "cid": order.cid, "seed": order.seed, "modalities": list(order.modalities),
+            "train-modalities": json.dumps(None if task.modalities is None else list(task.modalities)),
+            "local-epochs": int(task.local_epochs or 0),
+        })
         if order.client_state is not None:
             content[f"client-state.{order.cid}"] = state_record(order.client_state)
     return content
@@ -203,11 +215,16 @@ def decode_train(content: RecordDict) -> TrainOrder:
     round_info = content.config_records[ROUND]
     clients = []
     for record in _client_records(content):
-        kept = content.array_records.get(f"client-state.{record['cid']}")
-        clients.append(ClientOrder(int(record["cid"]), int(record["seed"]), tuple(record["modalities"]),
-                                   record_state(kept) if kept is not None else None))
+        cid = int(record["cid"])
+        kept = content.array_records.get(f"client-state.{cid}")
+        trains = json.loads(str(record["train-modalities"]))
+        task = ClientTask(cid, None if trains is None else tuple(trains), int(record["local-epochs"]) or None)
+        clients.append(ClientOrder(cid, int(record["seed"]), tuple(record["modalities"]),
+                                   record_state(kept) if kept is not None else None, task))
+    broadcast = content.array_records.get(BROADCAST)
     return TrainOrder(int(round_info["round"]), str(round_info["partition-fingerprint"]),
-                      record_state(content.array_records[GLOBAL]), clients)
+                      record_state(content.array_records[GLOBAL]), clients,
+                      record_state(broadcast) if broadcast is not None else {})
 
 
 def encode_updates(updates: Sequence[ClientUpdate]) -> RecordDict:
@@ -220,6 +237,8 @@ def encode_updates(updates: Sequence[ClientUpdate]) -> RecordDict:
         })
         if update.num_samples > 0:
             content[f"update.{update.cid}"] = state_record(update.state)
+        if update.payload:
+            content[f"payload.{update.cid}"] = state_record(update.payload)
         if update.client_state is not None:
             content[f"client-state.{update.cid}"] = state_record(update.client_state)
     return content
@@ -236,10 +255,12 @@ def decode_updates(content: RecordDict, global_state: State) -> list[ClientUpdat
         num_samples = int(record["num-samples"])
         state = record_state(content.array_records[f"update.{cid}"]) if num_samples > 0 else global_state
         kept = content.array_records.get(f"client-state.{cid}")
+        payload = content.array_records.get(f"payload.{cid}")
         updates.append(ClientUpdate(cid=cid, num_samples=num_samples, state=state,
                                     trained_groups=set(record["trained-groups"]),
                                     metrics=json.loads(str(record["metrics"])),
-                                    client_state=record_state(kept) if kept is not None else None))
+                                    client_state=record_state(kept) if kept is not None else None,
+                                    payload=record_state(payload) if payload is not None else {}))
     updates.sort(key=lambda u: u.cid)
     return updates
 

@@ -112,11 +112,14 @@ class CmiStrategy(Strategy):
         session = self.session
         self._failures = {}
         messages = []
+        broadcast = session.broadcast()
+        broadcast_record = state_record(broadcast) if broadcast else None
         for node_id, cids in self.assign(session.plan_round(server_round)).items():
             orders = [ClientOrder(cid, session.client_seed(server_round, cid), tuple(session.clients[cid].modalities),
-                                  None if self.holder.get(cid) == node_id else session.client_states.get(cid))
+                                  None if self.holder.get(cid) == node_id else session.client_states.get(cid),
+                                  session.task(server_round, cid))
                       for cid in cids]
-            content = encode_train(server_round, session.data.partition.fingerprint, arrays, orders)
+            content = encode_train(server_round, session.data.partition.fingerprint, arrays, orders, broadcast_record)
             messages.append(Message(content, node_id, MessageType.TRAIN, ttl=self.round_timeout,
                                     group_id=str(server_round)))
         return messages
