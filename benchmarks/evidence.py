@@ -119,37 +119,52 @@ def main() -> None:
 
     def train(cell: tuple[str, list[str]]) -> None:
         run, command = cell
-        if run_status(ws, run) == "complete":
+        if run_status(ws, run) in ("complete", "diverged"):
             return
-        cmi(ws, *command, threads=args.threads)  # the same command continues an interrupted run
+        try:
+            cmi(ws, *command, threads=args.threads)  # the same command continues an interrupted run
+        except RuntimeError as exc:
+            if run_status(ws, run) != "diverged":
+                raise
+            print(f"  DIVERGED {run}: {str(exc).splitlines()[-4].strip()}", flush=True)
+            return
         print(f"  done {run}", flush=True)
 
-    todo = [c for c in cells if run_status(ws, c[0]) != "complete"]
+    todo = [c for c in cells if run_status(ws, c[0]) not in ("complete", "diverged")]
     print(f"{len(cells)} runs, {len(todo)} to train ({args.jobs} at a time, {args.threads} thread(s) each)", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(train, todo))
 
-    results = {name: {seed: accuracies(ws, f"{name}-{tag}-s{seed}", args.snapshot) for seed in args.seeds}
+    # a diverged run (NaN loss: the run stops, see `cmi train`) has no result: its seed is left out
+    # of that variant's mean and of its paired differences, and the table says so
+    results = {name: {seed: accuracies(ws, f"{name}-{tag}-s{seed}", args.snapshot) for seed in args.seeds
+                      if run_status(ws, f"{name}-{tag}-s{seed}") == "complete"}
                for name, _, _ in variants}
     paths = list(next(iter(results[baseline].values())))
     print(f"\n{dataset}: test accuracy (%) of the {args.snapshot} model, mean ± std over seeds {args.seeds}")
     print(f"{'variant':28s}" + "".join(f"{p:>16s}" for p in paths))
     for name in results:
-        row = [100 * np.array([results[name][s][p] for s in args.seeds]) for p in paths]
-        print(f"{name:28s}" + "".join(f"{v.mean():9.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:4.1f}" for v in row))
+        row = [100 * np.array([results[name][s][p] for s in results[name]]) for p in paths]
+        missing = [s for s in args.seeds if s not in results[name]]
+        note = f"   (diverged: seeds {missing})" if missing else ""
+        print(f"{name:28s}" + "".join(f"{v.mean():9.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:4.1f}" for v in row)
+              + note)
     print(f"\npaired differences against {baseline} (points; per seed, then mean)")
     for name in results:
         if name == baseline:
             continue
         cells_text = []
+        both = [s for s in args.seeds if s in results[name] and s in results[baseline]]
         for p in paths:
-            diff = [100 * (results[name][s][p] - results[baseline][s][p]) for s in args.seeds]
+            diff = [100 * (results[name][s][p] - results[baseline][s][p]) for s in both]
             wins = sum(d > 0 for d in diff)
             cells_text.append(f"{p}: {' '.join(f'{d:+.1f}' for d in diff)} → {np.mean(diff):+.1f} ({wins}/{len(diff)} up)")
         print(f"  {name}:\n    " + "\n    ".join(cells_text))
     out = args.out or ws / f"evidence-{tag}-{args.snapshot}.json"
     out.write_text(json.dumps({"dataset": dataset, "tag": tag, "snapshot": args.snapshot, "seeds": args.seeds,
-                               "variants": args.variants, "accuracy": results}, indent=2) + "\n")
+                               "variants": args.variants, "accuracy": results,
+                               "diverged": {name: [s for s in args.seeds if s not in results[name]]
+                                            for name in results}}, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 

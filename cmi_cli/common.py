@@ -64,6 +64,11 @@ class RegistryChoice(click.Choice):
     def choices(self, value: Iterable[str]) -> None:  # click.Choice.__init__ assigns its argument
         self._choices = tuple(value)
 
+    def get_metavar(self, *args, **kwargs) -> str:
+        """``[a | b | c]``: spaced, so that a long list (the methods) wraps between choices in the
+        help's options table instead of inside a name."""
+        return "[" + " | ".join(self.choices) + "]"
+
 
 def help_without_command(ctx: typer.Context) -> None:
     """In a command group's callback (``invoke_without_command=True``): with no command given

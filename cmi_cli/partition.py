@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
@@ -50,15 +50,20 @@ def partition(
     ),
     missing: float = typer.Option(
         0.0, "--missing", "-m",
-        help="Missing-modality fraction P in [0, 1]: at client level, round(P*K) seeded clients hold one modality "
-        "fewer for the whole run; at sample level, each training sample loses one with probability P.",
+        help="Missing-modality fraction P in [0, 1]: at client level, round(P*K) seeded clients lose modalities "
+        "for the whole run; at sample level, each training sample loses some with probability P. What is lost is a "
+        "set of modalities, never all of them: with two modalities one of them, with M a non-empty proper subset "
+        "drawn uniformly from the 2^M-2 possible ones (or fixed by --missing-modality).",
     ),
     missing_level: MissingLevel = typer.Option(
         MissingLevel.client, "--missing-level", case_sensitive=False, help="Apply --missing to clients or to samples."
     ),
-    missing_modality: Optional[str] = typer.Option(
-        None, "--missing-modality",
-        help="Modality that is lost (e.g. audio). Default: drawn uniformly per client / sample.",
+    missing_modality: Optional[List[str]] = typer.Option(
+        None, "--missing-modality", metavar="NAME",
+        help="Modality that is lost (e.g. audio); repeat it or separate names by commas to lose that exact set "
+        "(--missing-modality accel --missing-modality gyro = --missing-modality accel,gyro); at least one modality "
+        "must stay. Default: the lost set is drawn uniformly per client / sample.",
+        show_default=False,
     ),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of every random choice; same seed and dataset = same partition."),
     name: Optional[str] = typer.Option(
@@ -83,10 +88,12 @@ def partition(
       cmi partition --by actor                         one client per CREMA-D actor
 
       cmi partition --missing 0.5 --missing-level sample --missing-modality visual
+
+      cmi partition --missing 0.3 --missing-modality accel,gyro     clients keep only the other modalities
     """
     settings = PartitionSettings.from_options(
         alpha=alpha, iid=iid, by=by, clients=clients, min_samples=min_samples, missing=missing,
-        missing_level=missing_level.value, missing_modality=missing_modality, seed=seed,
+        missing_level=missing_level.value, missing_modality=missing_modality or None, seed=seed,
     )
     ws = workspace(ctx)
     if quiet:
@@ -149,21 +156,33 @@ def print_summary(outcome: PartitionOutcome) -> None:
     if missing["fraction"] > 0:
         if missing["level"] == "client":
             lost = [m for m in missing["lost_modality"] if m is not None]
-            detail = ", ".join(f"{lost.count(m)} without {m}" for m in modalities if lost.count(m))
-            console.print(f"[bold]missing[/]        {missing['clients']}/{stats['num_clients']} clients hold one "
-                          f"modality fewer ({detail or 'none'})")
+            detail = ", ".join(f"{lost.count(s)} without {s}" for s in sorted(set(lost), key=_lost_order(modalities)))
+            fewer = "one modality fewer" if len(modalities) <= 2 else "fewer modalities"
+            console.print(f"[bold]missing[/]        {missing['clients']}/{stats['num_clients']} clients hold "
+                          f"{fewer} ({detail or 'none'})")
         else:
             detail = ", ".join(f"{n} lost {m}" for m, n in missing["samples_stripped"].items())
+            sets = missing.get("lost_sets")
+            if sets:
+                detail += "; by lost set: " + ", ".join(f"{n} {s}" for s, n in sets.items())
             console.print(f"[bold]missing[/]        training samples: {detail}")
     excluded = stats["excluded"]
     if any(excluded.values()):
         console.print(
             f"[yellow]left out[/]       {excluded['no_modality_in_shards']} samples with no modality in the "
-            f"shards, {excluded['lost_last_modality']} whose only modality their client lost"
+            f"shards, {excluded['lost_last_modality']} whose only "
+            f"{'modality' if len(modalities) <= 2 else 'modalities'} their client lost"
         )
     verb = "unchanged (identical partition exists)" if outcome.reused else "written"
     console.print(f"partition [bold]{outcome.artifact.name}[/] {verb}: {outcome.artifact.path}")
     console.print(f"heatmap: {outcome.artifact.file(PARTITION_HEATMAP)}")
+
+
+def _lost_order(modalities: list[str]):
+    """Sort key of lost-set labels (``a``, ``a+b``): by their bitmask over ``modalities``."""
+    def key(label: str) -> int:
+        return sum(1 << modalities.index(m) for m in label.split("+") if m in modalities)
+    return key
 
 
 def register(app: typer.Typer) -> None:

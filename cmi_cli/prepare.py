@@ -11,6 +11,7 @@ Examples::
     cmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --task humanitarian --text-model ~/models/bert-base-uncased
     cmi prepare crisismmd --root ~/data/CrisisMMD_v2.0 --task damage
     cmi prepare manifest --root my-data/manifest.csv --modality audio=audio@video --modality visual=frames@video
+    cmi prepare manifest --root my-data/manifest.csv --modality ecg=array:signal@ecg --array-length 500
 """
 
 from __future__ import annotations
@@ -126,7 +127,10 @@ def print_modalities(specs: list[ModalitySpec]) -> None:
     for column in ("modality", "kind", "shape", "dtype"):
         table.add_column(column)
     for spec in specs:
-        table.add_row(spec.name, spec.kind, "×".join(map(str, spec.shape)), spec.dtype)
+        shape = "×".join(map(str, spec.shape))
+        if spec.kind == "sequence":  # (L, C + 1): the last channel is the presence mask
+            shape += " (last channel: mask)"
+        table.add_row(spec.name, spec.kind, shape, spec.dtype)
     console.print(table)
 
 
@@ -205,8 +209,11 @@ def prepare_command(
              "choice for humanitarian). \\[default: label]"),
     modality: Optional[List[str]] = typer.Option(
         None, "--modality", show_default=False, rich_help_panel=DATASET_OPTS,
-        help="manifest: NAME=KIND or NAME=KIND@COLUMN, KIND one of audio, frames, image, text; repeat per modality. "
-             "\\[default: every non-reserved column, kind from the file extensions]"),
+        help="manifest: NAME=KIND or NAME=KIND@COLUMN, KIND one of audio, frames, image, array, text; repeat per "
+             "modality. An array modality reads a numeric file per sample (.npy, .npz, or a .csv/.tsv sequence, one "
+             "time step a row); NAME=array:KEY\\[@COLUMN] names the array inside its .npz files (without KEY an .npz "
+             "must hold one array). \\[default: every non-reserved column, kind from the file extensions: "
+             ".npy .npz .csv .tsv are arrays]"),
     clips: Optional[int] = typer.Option(None, "--clips", show_default=False, rich_help_panel=DATASET_OPTS,
                                         help="synthetic: number of clips, balanced over the 6 emotions. \\[default: 480]"),
     imbalance: Optional[float] = typer.Option(
@@ -245,6 +252,12 @@ def prepare_command(
         help="Local transformers text encoder directory (model + tokenizer, saved with save_pretrained); required "
              "for text modalities. cmi never downloads models."),
     text_max_length: int = typer.Option(40, "--text-max-length", rich_help_panel=FEATURES, help="Tokens per text."),
+    array_length: Optional[int] = typer.Option(
+        None, "--array-length", show_default=False, rich_help_panel=FEATURES,
+        help="Array sequences (2-D+ arrays and CSV/TSV files: first axis / rows = time steps) are cropped to their "
+             "first N steps or padded with zero steps to N; a presence-mask channel marks the real steps (the model "
+             "pools over those only). 1-D arrays are vectors and keep their shape. \\[default: none, every file of "
+             "an array modality must have the shape of its first readable (train) file]"),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", rich_help_panel=RUN, help="Samples per Parquet shard."),
     workers: int = typer.Option(DEFAULT_WORKERS, "--workers", "-j", rich_help_panel=RUN,
                                 help="Worker processes (1: no subprocess). \\[default: CPU cores, at most 4]", show_default=False),
@@ -271,7 +284,7 @@ def prepare_command(
         audio_features=audio_features, sample_rate=sample_rate, audio_duration=audio_duration, n_fft=n_fft,
         hop_length=hop_length, n_mels=n_mels, frames=frames, image_size=image_size, face_crop=face_crop,
         image_model=str(image_model) if image_model else None, text_model=str(text_model) if text_model else None,
-        text_max_length=text_max_length,
+        text_max_length=text_max_length, array_length=array_length,
     )
     run = RunOptions(shard_size=shard_size, workers=workers, force=force, max_reject_fraction=max_reject_fraction)
     names = [m.name for m in listing.modalities]

@@ -13,9 +13,10 @@ How a run goes (all inside ``<workspace>/datasets/<name>/``):
    workspace's latest.
 
 Rejects: a modality whose media is missing, empty, truncated or unreadable (or whose features are
-not finite) is marked absent (zeros, ``<m>_present`` false) and gets a reject row; the sample is
-kept while any modality is left and dropped otherwise. Loader rejects (duplicate ids, empty event
-windows, ...) are dropped samples too. The reject fraction counts every sample with a reject row.
+not finite, or, for an array, whose shape differs from the modality's) is marked absent (zeros,
+``<m>_present`` false) and gets a reject row; the sample is kept while any modality is left and
+dropped otherwise. Loader rejects (duplicate ids, empty event windows, ...) are dropped samples
+too. The reject fraction counts every sample with a reject row.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from pipelines.datasets import DATASETS, ave, cremad, crisismmd, manifest, synth
 from pipelines.datasets.base import Listing, ModalitySource, Reject, Sample, layout_error
 from pipelines.errors import CmiError
 from pipelines.extractors import MediaError
+from pipelines.extractors.arrays import ArrayParams, fit_array, load_array, reference_params
 from pipelines.extractors.audio import AudioParams, audio_features, fit_duration, load_audio
 # the encoders import torch and transformers only when instantiated
 from pipelines.extractors.image import ImageEncoder, load_image
@@ -61,8 +63,6 @@ REJECT_PARTS_DIR = "rejects"
 PLAN_FORMAT = 1
 #: small enough that a few hundred clips still make several shards (work units) for the workers
 DEFAULT_SHARD_SIZE = 128
-#: the models take one or two modalities
-MAX_MODALITIES = 2
 DEFAULT_MAX_REJECT_FRACTION = 0.05
 #: spectrograms are computed this many clips at a time (bounds a worker's memory for long audio)
 AUDIO_BATCH = 64
@@ -97,6 +97,9 @@ class FeatureOptions:
     image_model: str | None = None
     text_model: str | None = None
     text_max_length: int = 40
+    #: array sequences are cropped / zero-padded to this many time steps (a presence mask marks
+    #: the real ones); None: every file of a modality has the first readable file's shape
+    array_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,9 +227,16 @@ def resolve_specs(listing: Listing, features: FeatureOptions) -> list[ModalitySp
         raise CmiError(f"--image-model applies to image modalities; {listing.dataset} has none here. Drop it.")
     if features.text_model and "text" not in sources:
         raise CmiError(f"--text-model applies to text modalities; {listing.dataset} has none here. Drop it.")
+    if features.array_length is not None and "array" not in sources:
+        raise CmiError(f"--array-length applies to array modalities; {listing.dataset} has none here. Drop it.")
+    if features.array_length is not None and features.array_length < 1:
+        raise CmiError(f"--array-length must be at least 1, got {features.array_length}.")
     specs = []
     for modality in listing.modalities:
-        if modality.source == "audio":
+        if modality.source == "array":
+            params = _array_params(listing, modality.name, features.array_length)
+            specs.append(ModalitySpec(modality.name, params.layout, params.output_shape(), "float32", params.to_dict()))
+        elif modality.source == "audio":
             duration = features.audio_duration or listing.defaults.get("audio_duration", 3.0)
             params = AudioParams(features.audio_features, features.sample_rate, duration, features.n_fft,
                                  features.hop_length, features.n_mels)
@@ -255,7 +265,22 @@ def resolve_specs(listing: Listing, features: FeatureOptions) -> list[ModalitySp
             dim = _encoder(TextEncoder, model["model"], features.text_max_length).dim
             specs.append(ModalitySpec(modality.name, "embedding", (dim,), "float32",
                                       {"max_length": features.text_max_length, **model}))
+    arrays = [s for s, m in zip(specs, listing.modalities) if m.source == "array"]
+    if features.array_length is not None and all(s.kind == "vector" for s in arrays):
+        raise CmiError(
+            f"--array-length pads or crops sequences, and {', '.join(s.name for s in arrays)} hold(s) 1-D vectors "
+            f"(the shape of {arrays[0].params['reference']}). Drop it, or store each series as a (T, C) array or a "
+            "CSV/TSV file (one time step a row)."
+        )
     return specs
+
+
+def _array_params(listing: Listing, name: str, length: int | None) -> ArrayParams:
+    """The params of array modality ``name``: its shape is the first readable file's, train
+    samples first (in listing order)."""
+    ordered = sorted((s for s in listing.samples if name in s.media), key=lambda s: s.split != "train")
+    key = listing.defaults.get("array_keys", {}).get(name)
+    return reference_params((s.media[name] for s in ordered), name, length=length, key=key)
 
 
 def model_params(model_dir: str) -> dict[str, Any]:
@@ -442,7 +467,14 @@ def _extract_text(samples: Sequence[Sample], name: str, spec: ModalitySpec, text
     return out
 
 
-_EXTRACTORS = {"audio": _extract_audio, "frames": _extract_frames, "image": _extract_image, "text": _extract_text}
+def _extract_array(samples: Sequence[Sample], name: str, spec: ModalitySpec, texts: Any) -> _Extracted:
+    params = ArrayParams.from_dict(spec.params)
+    return _read_each(samples, name, lambda s, p: fit_array(load_array(p, params.key), params, p), spec.shape,
+                      spec.dtype)
+
+
+_EXTRACTORS = {"audio": _extract_audio, "frames": _extract_frames, "image": _extract_image, "text": _extract_text,
+               "array": _extract_array}
 
 
 def write_rejects(rejects: Sequence[Reject], path: Path) -> None:
@@ -609,11 +641,6 @@ def prepare_listing(
             hint = f"; to prepare without it pass --modalities {','.join(others)}" if others else ""
             raise layout_error(listing.dataset, listing.root, f"{folder.name}/ (modality {modality}) is missing{hint}",
                                listing.layout)
-    if len(listing.modalities) > MAX_MODALITIES:
-        raise CmiError(
-            f"{listing.dataset} has {len(listing.modalities)} modalities ({', '.join(m.name for m in listing.modalities)}); "
-            f"cmi trains on one or two: pick them with --modalities A,B."
-        )
     if not listing.samples:
         raise CmiError(f"{listing.dataset} at {listing.root} lists no usable sample; check --root and the split files.")
     specs = resolve_specs(listing, features)

@@ -6,7 +6,8 @@ One row per sample, columns::
     label     int32     index into the manifest's ``classes``
     split     string    "train" | "val" | "test"
     group     string    natural-partition group (CREMA-D actor, AVE/CrisisMMD event); may be null
-    <m>       arrow.fixed_shape_tensor   payload of modality m (zeros where absent)
+    <m>       arrow.fixed_shape_tensor   payload of modality m (zeros where absent); a ``sequence``
+              payload (L, C + 1) ends in a presence-mask channel (1 real step, 0 padding)
     <m>_present bool    whether modality m is really there for this sample
     text      string    (optional, CrisisMMD) cleaned tweet text, kept for inspection
 
@@ -29,8 +30,9 @@ from pipelines.artifacts import Artifact, ArtifactError, atomic_write_parquet
 SPLITS = ("train", "val", "test")
 SHARD_DIR = "shards"
 REJECTS_FILE = "rejects.parquet"
-#: payload kinds a model knows how to encode
-MODALITY_KINDS = ("spectrogram", "frames", "image", "embedding")
+#: payload kinds a model knows how to encode (``vector`` (D,) and ``sequence`` (L, C + 1): numeric
+#: arrays, see pipelines.extractors.arrays)
+MODALITY_KINDS = ("spectrogram", "frames", "image", "embedding", "vector", "sequence")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from pipelines.shards import SPLITS
 #: environment variable that supplies ``--root``
 DATA_ROOT_ENV = "CMI_DATA_ROOT"
 
-#: where a modality's payload comes from: an audio track, video frames, a still image, or text
-SOURCE_KINDS = ("audio", "frames", "image", "text")
+#: where a modality's payload comes from: an audio track, video frames, a still image, text, or a
+#: numeric array file (.npy/.npz/.csv/.tsv, pipelines.extractors.arrays)
+SOURCE_KINDS = ("audio", "frames", "image", "array", "text")
 
 #: how validation is carved from train (``--val-by``): class-stratified samples, or whole groups
 VAL_BY = ("random", "group")

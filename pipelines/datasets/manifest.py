@@ -8,10 +8,14 @@ modality absent (it is not a reject).
 
 A modality's kind is inferred from its column: file extensions ``.wav .flac .ogg .mp3 .m4a`` ->
 ``audio`` (spectrogram), ``.mp4 .flv .avi .mkv .mov .webm`` -> ``frames``, ``.jpg .jpeg .png .bmp
-.webp .gif .tif .tiff`` -> ``image``, anything else -> ``text``. ``--modality NAME=KIND`` sets it
-explicitly (and then only the named modalities are used); ``NAME=KIND@COLUMN`` reads another
-column, e.g. ``--modality audio=audio@video --modality visual=frames@video`` takes both the audio
-track and the frames of one video column. Classes are the sorted distinct labels.
+.webp .gif .tif .tiff`` -> ``image``, ``.npy .npz .csv .tsv`` -> ``array`` (a numeric vector or
+sequence per sample, see :mod:`pipelines.extractors.arrays`), anything else -> ``text``. The
+extensions are those of the cells' files (the manifest itself being a CSV does not matter).
+``--modality NAME=KIND`` sets it explicitly (and then only the named modalities are used);
+``NAME=KIND@COLUMN`` reads another column, e.g. ``--modality audio=audio@video --modality
+visual=frames@video`` takes both the audio track and the frames of one video column. An array
+modality may name the array of its ``.npz`` files: ``NAME=array:KEY`` or ``NAME=array:KEY@COLUMN``
+(without a key an ``.npz`` must hold exactly one array). Classes are the sorted distinct labels.
 
 Validation: when the CSV has no ``val`` rows, ``val_fraction`` (default 0.1) of train becomes
 ``val``, seeded: class-stratified (``val_by="random"``, the default) or whole groups
@@ -41,7 +45,7 @@ LAYOUT = """\
     s001,dog,train,site-a,media/s001.wav,media/s001.mp4,"a dog barks"
     s002,cat,test,site-b,media/s002.wav,,"a cat"       (empty cell: modality absent)
   required columns: id, label, split (train|val|test); optional: group; every other column is a
-  modality (file path relative to the CSV, or text)."""
+  modality (file path relative to the CSV, or text; .npy/.npz/.csv/.tsv files: numeric arrays)."""
 
 DEFAULT_FILE = "manifest.csv"
 REQUIRED = ("id", "label", "split")
@@ -52,28 +56,40 @@ EXTENSION_KINDS = {
     "audio": (".wav", ".flac", ".ogg", ".mp3", ".m4a"),
     "frames": (".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"),
     "image": (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"),
+    # numeric vectors / sequences (pipelines.extractors.arrays.ARRAY_SUFFIXES)
+    "array": (".npy", ".npz", ".csv", ".tsv"),
 }
+#: the kinds ``--modality NAME=KIND`` accepts
+KINDS = ("audio", "frames", "image", "array", "text")
+SYNTAX = "NAME=KIND, NAME=KIND@COLUMN, NAME=array:KEY or NAME=array:KEY@COLUMN"
 
 
 @dataclass(frozen=True)
 class ModalityOption:
-    """A parsed ``--modality NAME=KIND[@COLUMN]``."""
+    """A parsed ``--modality NAME=KIND[:KEY][@COLUMN]`` (``KEY``: the ``.npz`` array of an array modality)."""
 
     name: str
     kind: str
     column: str
+    key: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ModalityOption":
         name, sep, rest = text.partition("=")
         kind, _, column = rest.partition("@")
-        name, kind, column = name.strip(), kind.strip(), column.strip()
-        if not sep or not name or kind not in ("audio", "frames", "image", "text"):
+        kind, colon, key = kind.partition(":")
+        name, kind, column, key = name.strip(), kind.strip(), column.strip(), key.strip()
+        if not sep or not name or kind not in KINDS:
             raise CmiError(
-                f"--modality {text!r}: expected NAME=KIND or NAME=KIND@COLUMN with KIND one of "
-                "audio, frames, image, text (e.g. --modality audio=audio@video)."
+                f"--modality {text!r}: expected {SYNTAX} with KIND one of {', '.join(KINDS)} "
+                "(e.g. --modality audio=audio@video, --modality ecg=array:signal@ecg_file)."
             )
-        return cls(name, kind, column or name)
+        if colon and (kind != "array" or not key):
+            raise CmiError(
+                f"--modality {text!r}: only an array modality takes a key, the name of the array in its .npz "
+                "files (e.g. --modality ecg=array:signal@ecg_file)."
+            )
+        return cls(name, kind, column or name, key or None)
 
 
 def infer_kind(values: Sequence[str]) -> str:
@@ -169,6 +185,7 @@ def load(
     else:
         val_by, val_fraction, split = None, None, "manifest"
     sources = [ModalitySource(o.name, o.kind) for o in chosen]
+    keys = {o.name: o.key for o in chosen if o.key is not None}
     return Listing(
         dataset=dataset,
         layout=LAYOUT,
@@ -183,6 +200,7 @@ def load(
             "seed": seed,
             "columns": {o.name: o.column for o in chosen},
         },
+        defaults={"array_keys": keys} if keys else {},
     )
 
 

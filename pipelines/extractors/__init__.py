@@ -1,4 +1,5 @@
-"""Feature extractors used by `cmi prepare`: audio spectrograms, video frames, images, text.
+"""Feature extractors used by `cmi prepare`: audio spectrograms, video frames, images, text,
+numeric arrays (vectors and sequences).
 
 Every extractor works on one file (or one batch of already-loaded arrays) and raises
 :class:`MediaError` when a sample's media cannot be used, so that prepare can record the sample

@@ -23,17 +23,23 @@ from pipelines.fl.base import (
     average_groups,
     sample_clients,
 )
+from pipelines.fl.agm import AGM, AGMHparams
+from pipelines.fl.arm import ARM, ARMHparams
+from pipelines.fl.aug import AUG, AUGHparams
 from pipelines.fl.centralized import Centralized
 from pipelines.fl.cmsfed import CMSFed, CMSFedHparams
 from pipelines.fl.fedcmi import FedCMI, FedCMIHparams
 from pipelines.fl.fedprox import FedProx, FedProxHparams
 from pipelines.fl.local import Local
+from pipelines.fl.mmpareto import MMPareto, MMParetoHparams
+from pipelines.fl.mnl import MNL, MNLHparams
 from pipelines.fl.ogm_ge import OGMGE, OGMGEHparams
 from pipelines.fl.pmr import PMR, PMRHparams
+from pipelines.fl.remix import Remix, RemixHparams
 from pipelines.fl.unimodal import Unimodal, UnimodalHparams
 
 METHODS: dict[str, type[FedAvg]] = {cls.name: cls for cls in (
-    FedAvg, FedProx, FedCMI, CMSFed, PMR, OGMGE, Unimodal, Centralized, Local)}
+    FedAvg, FedProx, FedCMI, CMSFed, PMR, OGMGE, AUG, MNL, Remix, ARM, AGM, MMPareto, Unimodal, Centralized, Local)}
 
 
 def get_method(name: str) -> type[FedAvg]:
@@ -44,7 +50,8 @@ def get_method(name: str) -> type[FedAvg]:
 
 
 __all__ = [
-    "CMSFed", "CMSFedHparams", "METHODS", "OGMGE", "OGMGEHparams", "PMR", "PMRHparams",
+    "AGM", "AGMHparams", "ARM", "ARMHparams", "AUG", "AUGHparams", "MMPareto", "MMParetoHparams", "MNL",
+    "MNLHparams", "Remix", "RemixHparams", "CMSFed", "CMSFedHparams", "METHODS", "OGMGE", "OGMGEHparams", "PMR", "PMRHparams",
     "Batch", "Centralized", "ClientData", "ClientTask", "ClientUpdate", "FedAvg", "FedAvgHparams", "FedCMI",
     "FedCMIHparams", "FedProx", "FedProxHparams", "Local", "RoundContext", "ServerState", "TrainConfig",
     "TrainPool", "Unimodal", "UnimodalHparams", "average_groups", "get_method", "sample_clients",

@@ -240,9 +240,11 @@ class FedAvg:
     Local training: SGD (TrainConfig) for ``local_epochs`` over the client's rows that have at least
     one of the modalities it trains, in mini-batches from ``epoch_batches`` shuffled by a
     ``torch.Generator`` seeded with ``seed``. Per-sample loss (``local_loss``): a sample with every
-    modality: CE(fused) + λ1·Σ_m CE(self_m); a sample with only m: CE(<m>_only); the batch loss is
-    the mean over the batch's samples (a term defined on some samples only contributes its sum over
-    them divided by the batch size).
+    modality: CE(fused) + λ1·Σ_m CE(self_m) (the sum over all M modalities); any other sample with
+    at least one modality: CE(routed), i.e. CE(<m>_only) with only m, and with M > 2 modalities
+    CE of the routed partial path for a proper subset of two or more (MultimodalNet); the batch
+    loss is the mean over the batch's samples (a term defined on some samples only contributes its
+    sum over them divided by the batch size).
 
     Hooks for subclasses, client side, in the order they run:
     ``prepare_round`` (the method's ``Context`` for this client, computed once before training,
@@ -278,6 +280,8 @@ class FedAvg:
     selects_modalities = False
     client_state_is_model = False
     total_rounds = 1
+    #: the method is defined for exactly two modalities (a model with another count is refused)
+    two_modalities = False
 
     def __init__(self, model_factory: Callable[[], MultimodalNet], train: TrainConfig, hparams: Any,
                  device: torch.device):
@@ -288,6 +292,8 @@ class FedAvg:
         self.model = model_factory().to(self.device)
         self.model.missing_slot = self.missing_slot
         self.modalities = self.model.modalities
+        if self.two_modalities and len(self.modalities) != 2:
+            raise CmiError(f"method {self.name} is defined for two modalities; the model has {list(self.modalities)}.")
         self.groups = self.model.parameter_groups()
         self.param_groups = {key: group for group, keys in self.groups.items() for key in keys}
 
@@ -318,22 +324,42 @@ class FedAvg:
         order drawn from ``generator``)."""
         return pool.batches(rows, self.train.batch_size, generator, device=self.device)
 
+    def held_modalities(self, ctx: RoundContext) -> tuple[str, ...]:
+        """The model's modalities the client holds at all (manifest order)."""
+        return tuple(m for m in self.modalities if m in ctx.client.modalities)
+
+    def complete_rows(self, outputs: ModelOutputs, ctx: RoundContext) -> Tensor | None:
+        """The batch's multimodal rows: those with every modality the client holds (None when it
+        holds fewer than two). With two modalities, the rows with both; with M > 2, a client that
+        holds only A and B (C absent from its data, or from the whole dataset) trains on its A+B
+        rows exactly as in a two-modality run."""
+        held = self.held_modalities(ctx)
+        if len(held) < 2:
+            return None
+        if len(held) == len(self.modalities):
+            return outputs.valid["fused"]
+        mask = outputs.valid[f"{held[0]}_self"]
+        for m in held[1:]:
+            mask = mask & outputs.valid[f"{m}_self"]
+        return mask
+
     def local_loss(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: RoundContext) -> Tensor:
-        """The shared objective (class docstring): routed CE + λ1·Σ_m self CE on multimodal samples."""
+        """The shared objective (class docstring): routed CE + λ1·Σ_m self CE over the held
+        modalities on the multimodal rows (``complete_rows``)."""
         valid = outputs.routed_valid
         batch_size = int(valid.sum())
         loss = F.cross_entropy(outputs.routed[valid], batch.labels[valid], reduction="sum")
-        if len(model.modalities) > 1 and self.hparams.aux_weight:
-            complete = outputs.valid["fused"]
-            if bool(complete.any()):
-                labels = batch.labels[complete]
-                aux = sum(F.cross_entropy(outputs.self_logits[m][complete], labels, reduction="sum")
-                          for m in model.modalities)
-                loss = loss + self.hparams.aux_weight * aux
+        complete = self.complete_rows(outputs, ctx)
+        if complete is not None and self.hparams.aux_weight and bool(complete.any()):
+            labels = batch.labels[complete]
+            aux = sum(F.cross_entropy(outputs.self_logits[m][complete], labels, reduction="sum")
+                      for m in self.held_modalities(ctx))
+            loss = loss + self.hparams.aux_weight * aux
         return loss / batch_size
 
-    def regularize_gradients(self, model: MultimodalNet, ctx: RoundContext) -> float:
-        """Add a regulariser's gradient to every parameter that has one; return its value (base: none)."""
+    def regularize_gradients(self, model: MultimodalNet, ctx: RoundContext) -> Tensor | float:
+        """Add a regulariser's gradient to every parameter that has one; return its value, a float
+        or a 0-d tensor left on the device (base: none)."""
         return 0.0
 
     def after_backward(self, model: MultimodalNet, outputs: ModelOutputs, batch: Batch, ctx: RoundContext,
@@ -414,13 +440,13 @@ class FedAvg:
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(batch.inputs, batch.present)
                 loss = self.local_loss(model, outputs, batch, ctx)
-                value = float(loss.detach())
+                loss.backward()
+                regularizer = self.regularize_gradients(model, ctx)
+                self.after_backward(model, outputs, batch, ctx, step, hook_generator)
+                value = float(loss.detach() + regularizer)   # the step's one host sync
                 if not math.isfinite(value):
                     return self._update(client, rows, model, trained, value, ctx)
-                loss.backward()
                 trained.update(self.param_groups[name] for name, p in params if p.grad is not None)
-                value += self.regularize_gradients(model, ctx)
-                self.after_backward(model, outputs, batch, ctx, step, hook_generator)
                 optimizer.step()
                 loss_sum += value * batch.labels.shape[0]
                 seen += batch.labels.shape[0]

@@ -134,14 +134,13 @@ class CMSFed(FedAvg):
     other method; ``aux_weight = 0`` gives the paper's CE(z_F) + λ·CE(s_weak)."""
 
     name = "cmsfed"
+    two_modalities = True
     Hparams = CMSFedHparams
     missing_slot = "zeros"
     selects_modalities = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if len(self.modalities) != 2:
-            raise CmiError(f"method cmsfed is defined for two modalities; the model has {list(self.modalities)}.")
         self.embed_dim = self.model.branches[self.modalities[0]].classifier.in_features
         self._hashes: dict[str, tuple[Tensor, Tensor]] | None = None
 

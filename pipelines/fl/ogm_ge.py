@@ -49,12 +49,11 @@ class OGMGE(FedAvg):
     not modulated."""
 
     name = "ogm_ge"
+    two_modalities = True
     Hparams = OGMGEHparams
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if len(self.modalities) != 2:
-            raise CmiError(f"method ogm_ge is defined for two modalities; the model has {list(self.modalities)}.")
         if not hasattr(self.model.fusion, "slices"):
             raise CmiError("method ogm_ge needs a fusion head whose logits split by modality: set model.fusion to "
                            "concat or sum (--set model.fusion=concat).")

@@ -52,13 +52,9 @@ class PMR(FedAvg):
     modality's features towards their class prototype and away from the others."""
 
     name = "pmr"
+    two_modalities = True
     Hparams = PMRHparams
     Context = PMRContext
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if len(self.modalities) != 2:
-            raise CmiError(f"method pmr is defined for two modalities; the model has {list(self.modalities)}.")
 
     def epoch_batches(self, model: MultimodalNet, pool: TrainPool, rows: np.ndarray, generator: torch.Generator,
                       ctx: PMRContext, epoch: int) -> Iterator[Batch]:

@@ -7,6 +7,15 @@ The encoder is chosen from :attr:`ModalitySpec.kind`:
   followed by temporal mean pooling.
 - ``image`` (S, S, 3): 2D CNN.
 - ``embedding`` (D,) or (L, D): MLP on the last dimension, mean over any leading (token) dimension.
+- ``vector`` (D,) float (a numeric array per sample): the same MLP.
+- ``sequence`` (L, C + 1) float (a numeric series per sample, its last channel the presence mask,
+  1 on real time steps and 0 on padding): a temporal CNN over the L steps whose hidden sequence is
+  re-masked after every layer, then the mean over the real steps only (masked mean pooling), so
+  padding changes nothing.
+
+Arrays are taken as given (no scaling): standardise them before writing the files if their
+channels have very different ranges. ``encoder`` (small / resnet18) picks the 2D CNN backbone;
+embeddings, vectors and sequences always get the MLP / the temporal CNN.
 
 uint8 pixels are scaled to [0, 1] and ImageNet-normalised inside the model; float pixel payloads are
 taken as given. Two CNN backbones: ``small`` (4 strided conv-BN-ReLU layers, widths 16-32-64-d, a
@@ -32,6 +41,9 @@ ENCODERS = ("small", "resnet18")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_WIDTHS = (16, 32, 64)
+#: the temporal CNN's layers before the last (out_dim wide): (width, kernel, nominal stride)
+SEQUENCE_LAYERS = ((32, 5, 1), (64, 5, 2))
+SEQUENCE_LAST = (3, 2)  # kernel, nominal stride of the last layer
 RESNET18_WIDTHS = (64, 128, 256, 512)
 
 Size2 = tuple[int, int]
@@ -41,15 +53,16 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _fit_stride_1d(n: int, stride: int, kernel: int, padding: int) -> int:
+    """The largest stride <= ``stride`` (halving) whose output keeps >= 2 of ``n`` positions."""
+    while stride > 1 and _out_size(n, kernel, stride, padding) < 2:
+        stride //= 2
+    return stride
+
+
 def _fit_stride(size: Size2, stride: int, kernel: int, padding: int) -> Size2:
     """Per dimension, the largest stride <= ``stride`` (halving) whose output keeps >= 2 positions."""
-    fitted = []
-    for n in size:
-        s = stride
-        while s > 1 and _out_size(n, kernel, s, padding) < 2:
-            s //= 2
-        fitted.append(s)
-    return fitted[0], fitted[1]
+    return _fit_stride_1d(size[0], stride, kernel, padding), _fit_stride_1d(size[1], stride, kernel, padding)
 
 
 def _after(size: Size2, kernel: int, stride: Size2, padding: int) -> Size2:
@@ -209,18 +222,57 @@ class EmbeddingEncoder(nn.Module):
         return h.flatten(1, -2).mean(1) if h.dim() > 2 else h
 
 
+class SequenceEncoder(nn.Module):
+    """(B, L, C + 1) sequences whose last channel is the presence mask -> (B, d).
+
+    A temporal CNN: conv-ReLU layers over time (widths 32-64-d, kernels 5-5-3, strides 1-2-2, a
+    stride only where the spec's length keeps >= 2 positions, "same" zero padding), written as
+    (k x 1) Conv2d layers over a (B, C, L, 1) map. The input is multiplied by its mask, every
+    layer's output by the mask downsampled alike (``mask[::stride]``: an output step is real when
+    the step at its centre is), and the last layer's output is averaged over the real steps only.
+    Padded steps are therefore zeros at every layer, exactly like the convolutions' own zero
+    padding past the end: a sequence gives the same output whatever padding follows it. No
+    normalisation layer (BatchNorm statistics would see the padding)."""
+
+    def __init__(self, channels: int, out_dim: int, length: int):
+        super().__init__()
+        layers, strides = [], []
+        cin = channels
+        for cout, kernel, stride in (*SEQUENCE_LAYERS, (out_dim, *SEQUENCE_LAST)):
+            stride = _fit_stride_1d(length, stride, kernel, kernel // 2)
+            layers.append(nn.Conv2d(cin, cout, (kernel, 1), stride=(stride, 1), padding=(kernel // 2, 0)))
+            strides.append(stride)
+            length = _out_size(length, kernel, stride, kernel // 2)
+            cin = cout
+        self.convs = nn.ModuleList(layers)
+        self.strides = tuple(strides)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        mask = (x[..., -1:] > 0.5).to(x.dtype).movedim(-1, 1).unsqueeze(-1)   # (B, 1, L, 1)
+        h = x[..., :-1].movedim(-1, 1).unsqueeze(-1) * mask                   # (B, C, L, 1)
+        for conv, stride in zip(self.convs, self.strides):
+            mask = mask[:, :, ::stride]
+            h = torch.relu(conv(h)) * mask
+        return h.sum((2, 3)) / mask.sum((2, 3)).clamp_min(1.0)
+
+
 def build_encoder(spec: ModalitySpec, encoder: str, embed_dim: int) -> nn.Module:
     """The encoder E_m for one modality spec (see the module docstring)."""
     if encoder not in ENCODERS:
         raise CmiError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)} (model.encoder).")
     shape = spec.shape
-    expected = {"spectrogram": 2, "frames": 4, "image": 3}
+    expected = {"spectrogram": 2, "frames": 4, "image": 3, "vector": 1, "sequence": 2}
     if spec.kind in expected and len(shape) != expected[spec.kind]:
         raise CmiError(
             f"modality {spec.name!r} of kind {spec.kind} has shape {shape}; expected {expected[spec.kind]} "
-            "dimensions ((F, T) spectrogram, (k, S, S, 3) frames, (S, S, 3) image). "
-            "Re-create the dataset with `cmi prepare ... --force`."
+            "dimensions ((F, T) spectrogram, (k, S, S, 3) frames, (S, S, 3) image, (D,) vector, (L, C + 1) "
+            "sequence). Re-create the dataset with `cmi prepare ... --force`."
         )
+    if spec.kind == "sequence" and shape[-1] < 2:
+        raise CmiError(f"modality {spec.name!r}: a sequence payload is (L, C + 1), at least one channel and the "
+                       f"presence mask, got shape {shape}; re-create the dataset with `cmi prepare ... --force`.")
     if spec.kind in ("frames", "image") and shape[-1] != 3:
         raise CmiError(f"modality {spec.name!r}: pixel payloads must end in 3 RGB channels, got shape {shape}; "
                        "re-create the dataset with `cmi prepare ... --force`.")
@@ -229,6 +281,10 @@ def build_encoder(spec: ModalitySpec, encoder: str, embed_dim: int) -> nn.Module
     if spec.kind in ("frames", "image"):
         backbone = _backbone(encoder, 3, embed_dim, (shape[-3], shape[-2]))
         return PixelEncoder(backbone, frames=spec.kind == "frames", uint8=spec.dtype == "uint8")
+    if spec.kind == "sequence":
+        return SequenceEncoder(shape[1] - 1, embed_dim, shape[0])
+    if spec.kind == "vector":
+        return EmbeddingEncoder(shape[0], embed_dim)
     if len(shape) not in (1, 2):
         raise CmiError(f"modality {spec.name!r}: embedding payloads must be (D,) or (L, D), got shape {shape}; "
                        "re-create the dataset with `cmi prepare ... --force`.")

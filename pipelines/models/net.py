@@ -40,7 +40,7 @@ class ModelOutputs:
     """Logits of one forward pass, each (B, n_classes). Rows where a tensor is undefined hold zeros:
     read ``valid`` (per path) / ``routed_valid`` before using them."""
 
-    routed: Tensor                      # fused where all modalities present, else the <m>_only path
+    routed: Tensor                      # fused where all modalities present, else the routed partial path
     routed_valid: Tensor                # (B,) bool: the row has at least one of the model's modalities
     self_logits: dict[str, Tensor]      # m -> C_m(S_m h_m)
     infiltration_logits: dict[str, Tensor]  # m -> C_m(I_m h_m) (empty for one-modality models)
@@ -68,17 +68,40 @@ def _expand(rows: Tensor, mask: Tensor) -> Tensor:
 
 
 class MultimodalNet(nn.Module):
-    """One or two modalities (manifest order). With two, the FedCMI model of the spec; with one,
-    E, S and C only (the unimodal baselines), whose single path is ``<m>_self``.
+    """One modality, or M >= 2 modalities (manifest order). With M >= 2, the FedCMI model of the
+    spec, generalised slot by slot; with one, E, S and C only (the unimodal baselines), whose single
+    path is ``<m>_self``.
+
+    With M >= 2 modalities, per modality m: E_m, S_m, I_m and C_m (a ``ModalityBranch``); one
+    fusion head F with M slots, slot k the k-th modality's (``heads.py``: ``concat`` and ``sum``
+    take any M; ``film`` and ``gated`` two only, a CmiError otherwise). Paths, on a row whose
+    present modalities are S (non-empty):
+
+    - fused, S = every modality: F(S_1 h_1, ..., S_M h_M).
+    - routed partial path, S a proper non-empty subset: slot m holds S_m h_m for m ∈ S; every
+      missing slot holds the fill f = (1/|S|)·Σ_{m ∈ S} I_m h_m, the mean of the present
+      modalities' infiltration features (summed in manifest order), or zeros with
+      ``missing_slot = "zeros"``.
+    - ``<m>_only`` (defined on every row with m, read as "only m present"): slot m holds S_m h_m and
+      every other slot I_m h_m (zeros with ``missing_slot = "zeros"``): the routed partial path of
+      S = {m}. With M = 2 exactly the spec's F(S_A h_A, I_A h_A) / F(I_B h_B, S_B h_B).
+    - ``<m>_self`` = C_m(S_m h_m); infiltration logits C_m(I_m h_m), on the rows with m.
+    - ``routed``: fused on rows with every modality, ``<m>_only`` on rows with only m, the routed
+      partial path on rows with 2..M−1 modalities (none when M = 2); zeros where no modality.
+
+    ``valid``: ``fused`` = every modality present; ``<m>_only`` and ``<m>_self`` = m present;
+    ``routed_valid`` = any modality present. Everything is vectorised over the batch (loops run
+    over modalities, never over samples); with M = 2 the arithmetic is exactly the two-modality
+    model's (same modules, calls and shapes).
 
     Parameter groups (state_dict keys, parameters and buffers): ``"<m>.encoder"`` (E_m, S_m, I_m),
     ``"<m>.classifier"`` (C_m), ``"fusion"`` (F). Encoders run only on the rows that have their
     modality, so a modality missing from a whole batch takes no part in the computation graph.
 
-    ``missing_slot`` says what fills the absent modality's fusion slot on a one-modality row:
-    ``"infiltration"`` (FedCMI's I_m h_m, the default) or ``"zeros"`` (the balancing literature's
-    zeroed slot, e.g. CMSFed's weak-only clients); a method sets it on the model it trains and
-    evaluates.
+    ``missing_slot`` says what fills an absent modality's fusion slot on a row without every
+    modality: ``"infiltration"`` (FedCMI's I_m h_m, mean over the present modalities; the default)
+    or ``"zeros"`` (the balancing literature's zeroed slot, e.g. CMSFed's weak-only clients); a
+    method sets it on the model it trains and evaluates.
     """
 
     missing_slot: str = "infiltration"
@@ -86,9 +109,9 @@ class MultimodalNet(nn.Module):
     def __init__(self, specs: Sequence[ModalitySpec], num_classes: int, cfg: ModelConfig):
         super().__init__()
         names = [s.name for s in specs]
-        if len(specs) not in (1, 2) or len(set(names)) != len(names):
-            raise CmiError(f"a model takes one or two distinct modalities, got {names}; "
-                           "choose a dataset with two modalities or the unimodal method's `modality`.")
+        if len(specs) < 1 or len(set(names)) != len(names):
+            raise CmiError(f"a model takes one or more distinct modalities, got {names}; "
+                           "choose a dataset with distinct modality names or the unimodal method's `modality`.")
         for name in names:
             if not name or "." in name:
                 raise CmiError(f"modality name {name!r} cannot name model parameters (empty or contains '.'); "
@@ -97,9 +120,9 @@ class MultimodalNet(nn.Module):
             raise CmiError(f"a classifier needs at least 2 classes, the dataset has {num_classes}.")
         self.modalities: tuple[str, ...] = tuple(names)
         self.num_classes = num_classes
-        pair = len(specs) == 2
-        self.branches = nn.ModuleDict({s.name: ModalityBranch(s, num_classes, cfg, infiltration=pair) for s in specs})
-        self.fusion = build_fusion(cfg.fusion, cfg.embed_dim, num_classes) if pair else None
+        multi = len(specs) >= 2
+        self.branches = nn.ModuleDict({s.name: ModalityBranch(s, num_classes, cfg, infiltration=multi) for s in specs})
+        self.fusion = build_fusion(cfg.fusion, cfg.embed_dim, num_classes, slots=len(specs)) if multi else None
 
     def parameter_groups(self) -> dict[str, list[str]]:
         """Group name -> state_dict keys (parameters and buffers); every key is in exactly one group."""
@@ -148,31 +171,65 @@ class MultimodalNet(nn.Module):
                                 infiltration_logits={}, paths={path: self_logits[m]}, valid={path: masks[m]},
                                 features=projected)
 
-        a, b = self.modalities
-        both = masks[a] & masks[b]
+        mods = self.modalities
+        complete = masks[mods[0]]
+        for m in mods[1:]:
+            complete = complete & masks[m]
         fused = no_logits
-        if bool(both.any()):
-            fused = _expand(self.fusion(features[a][0][both[masks[a]]], features[b][0][both[masks[b]]]), both)
+        if bool(complete.any()):
+            fused = _expand(self.fusion(*(features[m][0][complete[masks[m]]] for m in mods)), complete)
         only_paths = {}
-        for m in (a, b):
+        for k, m in enumerate(mods):
             if m not in features:
                 only_paths[m] = no_logits
                 continue
             s, i = features[m]
-            # the infiltration feature fills the missing modality's slot: F(S_a, I_a) / F(I_b, S_b)
+            # m's infiltration feature fills every other slot: F(S_a, I_a) / F(I_b, S_b) for M = 2
             fill = torch.zeros_like(s) if self.missing_slot == "zeros" else i
-            only_paths[m] = _expand(self.fusion(s, fill) if m == a else self.fusion(fill, s), masks[m])
+            slots = [fill] * len(mods)
+            slots[k] = s
+            only_paths[m] = _expand(self.fusion(*slots), masks[m])
+        count = torch.stack([masks[m] for m in mods]).sum(dim=0)     # present modalities per row
         routed = fused
-        for m, other in ((a, b), (b, a)):
-            only = masks[m] & ~masks[other]
+        for m in mods:
+            only = masks[m] & (count == 1)
             if bool(only.any()):
                 routed = torch.where(only.unsqueeze(1), only_paths[m], routed)
-        names = eval_paths(list(self.modalities))
-        tensors = [fused, only_paths[a], only_paths[b], self_logits[a], self_logits[b]]
-        valid = [both, masks[a], masks[b], masks[a], masks[b]]
-        return ModelOutputs(routed=routed, routed_valid=masks[a] | masks[b], self_logits=self_logits,
+        partial = (count > 1) & ~complete                                # 2..M-1 modalities (M > 2 only)
+        if bool(partial.any()):
+            routed = torch.where(partial.unsqueeze(1), _expand(self._partial(features, masks, partial, count), partial),
+                                 routed)
+        names = eval_paths(list(mods))
+        tensors = [fused] + [only_paths[m] for m in mods] + [self_logits[m] for m in mods]
+        valid = [complete] + [masks[m] for m in mods] + [masks[m] for m in mods]
+        return ModelOutputs(routed=routed, routed_valid=count > 0, self_logits=self_logits,
                             infiltration_logits=infiltration_logits,
                             paths=dict(zip(names, tensors)), valid=dict(zip(names, valid)), features=projected)
+
+    def _partial(self, features: dict[str, tuple[Tensor, Tensor | None]], masks: dict[str, Tensor],
+                 partial: Tensor, count: Tensor) -> Tensor:
+        """F on the ``partial`` rows (2..M−1 modalities): S_m h_m in a present modality's slot, the
+        mean of the present modalities' I_m h_m (or zeros) in every missing one; (n_partial, C)."""
+        present = {m: masks[m][partial] for m in self.modalities}
+        own = {}        # m -> S_m h_m on the partial rows, zeros where m is absent
+        infiltration = []
+        for m in self.modalities:
+            if m not in features:
+                continue
+            s, i = features[m]
+            on_m = partial[masks[m]]                 # which of m's rows are partial
+            own[m] = _expand(s[on_m], present[m])
+            infiltration.append(_expand(i[on_m], present[m]))
+        n = int(partial.sum())
+        if self.missing_slot == "zeros":
+            fill = infiltration[0].new_zeros((n, infiltration[0].shape[1]))
+        else:
+            total = infiltration[0]
+            for part in infiltration[1:]:
+                total = total + part
+            fill = total / count[partial].unsqueeze(1).to(total.dtype)
+        slots = [torch.where(present[m].unsqueeze(1), own[m], fill) if m in own else fill for m in self.modalities]
+        return self.fusion(*slots)
 
 
 @torch.no_grad()
@@ -187,8 +244,9 @@ def initialize(net: nn.Module, generator: torch.Generator) -> None:
                 module.bias.zero_()
         elif isinstance(module, nn.Linear):
             nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-            bound = 1.0 / math.sqrt(module.in_features)
-            nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            if module.bias is not None:
+                bound = 1.0 / math.sqrt(module.in_features)
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
         elif isinstance(module, nn.BatchNorm2d):
             module.reset_parameters()
         elif isinstance(module, PixelNormalize):

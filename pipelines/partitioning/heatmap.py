@@ -9,6 +9,7 @@ safe viridis (counts) and cividis (availability) colormaps. ``cmi partition`` sa
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ MAX_LABELLED_CLIENTS = 40
 MAX_LABELLED_CLASSES = 30
 #: cells (and client totals) get their count written in them up to this many cells
 MAX_ANNOTATED_CELLS = 400
+#: points one title character takes at most on average (DejaVu Sans at the 9 pt figure title)
+TITLE_POINTS_PER_CHAR = 5.6
+
+
+def wrap_title(title: str, width_inches: float) -> str:
+    """``title`` with each line wrapped between words to fit a figure ``width_inches`` wide (a
+    partition's description is longer than a narrow heatmap, e.g. with several lost modalities)."""
+    chars = max(30, int(width_inches * 72 / TITLE_POINTS_PER_CHAR))
+    return "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
 
 
 def heatmap_figure(
@@ -83,7 +93,7 @@ def heatmap_figure(
     fig.colorbar(counts_img, ax=counts_ax, location="bottom", label="samples", aspect=30, shrink=0.9)
     fig.colorbar(share_img, ax=share_ax, location="bottom", label="share with\nthe modality", ticks=[0, 1],
                  aspect=8)
-    fig.suptitle(title)
+    fig.suptitle(wrap_title(title, width))
     return fig
 
 

@@ -4,8 +4,9 @@ Only the dataset's train split is partitioned (val / test stay global). Order of
 
 1. train samples with no modality at all in the shards are left out (they cannot be trained on);
 2. the remaining samples are split over clients (Dirichlet label skew, IID, or natural groups);
-3. missing modalities are applied (client or sample level);
-4. at client level, a sample whose only modality is the one its client lost has nothing left and is
+3. missing modalities are applied (client or sample level; a client or sample loses a non-empty
+   proper subset of the modalities, see :mod:`pipelines.partitioning.missing`);
+4. at client level, a sample whose only modalities are ones its client lost has nothing left and is
    left out too. Both exclusions are counted in stats.json ``excluded`` (0 for datasets in which
    every sample has every modality, the usual case).
 
@@ -18,7 +19,7 @@ import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,9 @@ from pipelines.artifacts import (
 from pipelines.errors import CmiError
 from pipelines.partitioning.dirichlet import split_dirichlet, split_iid
 from pipelines.partitioning.heatmap import render_heatmap
-from pipelines.partitioning.missing import MISSING_LEVELS, client_level_missing, sample_level_missing
+from pipelines.partitioning.missing import (
+    MISSING_LEVELS, client_level_missing, lost_set_count, mask_names, modality_mask, sample_level_missing,
+)
 from pipelines.partitioning.natural import encode_groups, group_column, split_by_group
 from pipelines.partitioning.statistics import partition_statistics
 from pipelines.partitioning.store import write_assignments, write_clients
@@ -40,6 +43,22 @@ STRATEGIES = ("dirichlet", "iid", "natural")
 DEFAULT_ALPHA = 0.5
 DEFAULT_CLIENTS = 20
 DEFAULT_MIN_SAMPLES = 2
+
+
+def _lost_names(value: str | Iterable[str] | None) -> str | tuple[str, ...] | None:
+    """``--missing-modality`` values (names, comma-separated or repeated) as the settings hold them:
+    None, one name, or a tuple of several distinct names (in the order given)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    names = [name.strip() for item in items for name in str(item).split(",")]
+    if not items or any(not name for name in names):
+        raise CmiError(
+            f"--missing-modality needs modality names, e.g. --missing-modality audio or --missing-modality "
+            f"accel,gyro (got {', '.join(map(repr, items)) or 'nothing'})."
+        )
+    names = list(dict.fromkeys(names))
+    return names[0] if len(names) == 1 else tuple(names)
 
 
 @dataclass(frozen=True)
@@ -53,17 +72,21 @@ class PartitionSettings:
     min_samples: int = DEFAULT_MIN_SAMPLES
     missing: float = 0.0
     missing_level: str = "client"
-    missing_modality: str | None = None
+    #: the fixed lost set: None (drawn), one name, or a tuple of several (manifest order once
+    #: checked against a dataset); params() stores one as a string, several as a list
+    missing_modality: str | tuple[str, ...] | None = None
     seed: int = 0
 
     @classmethod
     def from_options(
         cls, *, alpha: float | None = None, iid: bool = False, by: str | None = None,
         clients: int | None = None, min_samples: int = DEFAULT_MIN_SAMPLES, missing: float = 0.0,
-        missing_level: str = "client", missing_modality: str | None = None, seed: int = 0,
+        missing_level: str = "client", missing_modality: str | Iterable[str] | None = None, seed: int = 0,
     ) -> "PartitionSettings":
         """Validate command-line options (those that need no dataset) and canonicalise them:
-        no strategy -> Dirichlet(0.5); ``--alpha inf`` -> IID; missing 0 -> no level / modality."""
+        no strategy -> Dirichlet(0.5); ``--alpha inf`` -> IID; missing 0 -> no level / modality.
+        ``missing_modality``: a name, comma-separated names, or several of either (the repeated
+        ``--missing-modality``): the set that is lost."""
         if sum((alpha is not None, iid, by is not None)) > 1:
             raise CmiError("--alpha, --iid and --by pick different strategies; give only one of them.")
         if alpha is not None and not alpha > 0:
@@ -89,15 +112,28 @@ class PartitionSettings:
             strategy, alpha = "dirichlet", DEFAULT_ALPHA if alpha is None else float(alpha)
         if clients is None and strategy != "natural":
             clients = DEFAULT_CLIENTS
-        return cls(strategy, alpha, by, clients, min_samples, float(missing), missing_level, missing_modality, seed)
+        return cls(strategy, alpha, by, clients, min_samples, float(missing), missing_level,
+                   _lost_names(missing_modality), seed)
+
+    @property
+    def lost_names(self) -> tuple[str, ...]:
+        """The fixed lost set's names (empty: the set is drawn)."""
+        if self.missing_modality is None:
+            return ()
+        return (self.missing_modality,) if isinstance(self.missing_modality, str) else tuple(self.missing_modality)
 
     def for_dataset(self, modalities: list[str], num_groups: int | None = None) -> "PartitionSettings":
         """Check the settings against a dataset's modalities (and group count for natural splits)
         and return them in canonical form for it."""
-        if self.missing_modality is not None and self.missing_modality not in modalities:
+        for m in self.lost_names:
+            if m not in modalities:
+                raise CmiError(
+                    f"--missing-modality {m!r} is not a modality of this dataset; use one of {', '.join(modalities)}."
+                )
+        if self.lost_names and set(self.lost_names) == set(modalities):
             raise CmiError(
-                f"--missing-modality {self.missing_modality!r} is not a modality of this dataset; "
-                f"use one of {', '.join(modalities)}."
+                f"--missing-modality {','.join(self.lost_names)} would leave nothing: a client or sample always "
+                f"keeps at least one modality; name at most {len(modalities) - 1} of {', '.join(modalities)}."
             )
         if self.missing > 0 and len(modalities) < 2:
             raise CmiError(
@@ -105,6 +141,8 @@ class PartitionSettings:
                 f"{', '.join(modalities)}; use --missing 0 or partition a dataset with two modalities."
             )
         settings = self
+        if len(self.lost_names) > 1:  # manifest order
+            settings = replace(settings, missing_modality=tuple(m for m in modalities if m in self.lost_names))
         if self.missing == 0:
             settings = replace(settings, missing_level="client", missing_modality=None)
         if num_groups is not None and settings.num_clients == num_groups:
@@ -112,7 +150,10 @@ class PartitionSettings:
         return settings
 
     def params(self) -> dict[str, Any]:
-        return asdict(self)
+        params = asdict(self)
+        if isinstance(self.missing_modality, tuple):
+            params["missing_modality"] = list(self.missing_modality)
+        return params
 
     def name(self, dataset_name: str) -> str:
         """Artifact name derived from every parameter, e.g. ``cremad-dir0.5-c20-m0.3-s0``."""
@@ -130,14 +171,14 @@ class PartitionSettings:
             parts.append(f"m{self.missing:g}")
             if self.missing_level != "client":
                 parts.append(self.missing_level)
-            if self.missing_modality is not None:
-                parts.append(f"lose-{self.missing_modality}")
+            if self.lost_names:
+                parts.append("lose-" + "+".join(self.lost_names))
         parts.append(f"s{self.seed}")
         return "-".join([dataset_name, *parts])
 
-    def describe(self, num_clients: int) -> str:
+    def describe(self, num_clients: int, num_modalities: int = 2) -> str:
         """One line for people, e.g. ``Dirichlet α=0.5 label skew, 20 clients, 30% of clients miss
-        a modality``."""
+        a modality`` (``one or more modalities`` when a drawn set may hold several)."""
         if self.strategy == "dirichlet":
             text = f"Dirichlet α={self.alpha:g} label skew"
         elif self.strategy == "iid":
@@ -147,7 +188,7 @@ class PartitionSettings:
         text += f", {num_clients} clients"
         if self.missing > 0:
             who = "clients" if self.missing_level == "client" else "training samples"
-            which = self.missing_modality or "a modality"
+            which = "+".join(self.lost_names) or ("a modality" if num_modalities <= 2 else "one or more modalities")
             text += f", {self.missing:.0%} of {who} miss {which}"
         return text
 
@@ -203,17 +244,28 @@ def _apply_missing(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(availability of every sample per modality, what was stripped, for stats.json)."""
     modalities = list(present)
-    fixed = modalities.index(settings.missing_modality) if settings.missing_modality else None
+    settings.for_dataset(modalities)  # the lost set must be a proper subset of these modalities
+    names = settings.lost_names
+    fixed = modality_mask(names, modalities) if names else None
     summary: dict[str, Any] = {"level": settings.missing_level, "fraction": settings.missing,
-                               "modality": settings.missing_modality}
+                               "modality": settings.params()["missing_modality"]}
     if settings.missing_level == "client":
         available, lost = client_level_missing(client, present, num_clients, settings.missing, fixed, settings.seed)
-        summary["clients"] = int((lost >= 0).sum())
-        summary["lost_modality"] = [modalities[i] if i >= 0 else None for i in lost.tolist()]
+        summary["clients"] = int((lost != 0).sum())
+        summary["lost_modality"] = [lost_label(mask, modalities) for mask in lost.tolist()]
     else:
         available, lost = sample_level_missing(present, settings.missing, fixed, settings.seed)
-        summary["samples_stripped"] = {m: int((lost == i).sum()) for i, m in enumerate(modalities)}
+        summary["samples_stripped"] = {m: int((lost >> i & 1).sum()) for i, m in enumerate(modalities)}
+        if len(modalities) > 2:  # with two, every lost set is one modality: samples_stripped says it all
+            sets = np.bincount(lost, minlength=lost_set_count(len(modalities)) + 1)
+            summary["lost_sets"] = {lost_label(mask, modalities): int(sets[mask]) for mask in range(1, len(sets))}
     return available, summary
+
+
+def lost_label(mask: int, modalities: list[str]) -> str | None:
+    """A lost set as stats.json writes it: None for nothing, else its names joined by ``+``
+    (manifest order), e.g. ``audio`` or ``accel+gyro``."""
+    return "+".join(mask_names(mask, modalities)) or None
 
 
 def partition_samples(
@@ -234,12 +286,13 @@ def partition_samples(
     available, missing = _apply_missing(client, {m: mask[rows] for m, mask in present.items()}, num_clients, settings)
 
     has_any = np.logical_or.reduce(list(available.values()))
-    if not has_any.all():  # client level only: samples whose one modality is the one their client lost
+    if not has_any.all():  # client level only: samples that had only modalities their client lost
         client = client[has_any]
         available = {m: mask[has_any] for m, mask in available.items()}
         _check_client_sizes(
             client, num_clients, settings.min_samples,
-            f"{int((~has_any).sum())} samples had only the modality their client lost; lower --missing or "
+            f"{int((~has_any).sum())} samples had only "
+            f"{'the modality' if len(available) <= 2 else 'modalities'} their client lost; lower --missing or "
             "--min-samples, or try another --seed",
         )
     kept = np.zeros(len(labels), dtype=bool)
@@ -306,7 +359,8 @@ def run_partition(
     present = {m: table.column(f"{m}_present").to_numpy() for m in modalities}
     result = partition_samples(labels, present, len(classes), settings, groups)
     stats = partition_statistics(result.client, labels[result.kept], result.available, result.num_clients, len(classes))
-    stats.update(classes=classes, modalities=modalities, description=settings.describe(result.num_clients),
+    stats.update(classes=classes, modalities=modalities,
+                 description=settings.describe(result.num_clients, len(modalities)),
                  client_groups=result.client_groups, missing=result.missing, excluded=result.excluded)
 
     if directory.exists():  # stale or replaced: incomplete (no manifest) until rewritten

@@ -83,8 +83,13 @@ def _series(run: RunData, split: str, field: str, path: str | None = None) -> tu
         for part in (field, path) if path else (field,):
             v = v.get(part) if isinstance(v, dict) else None
         rounds.append(line["round"])
-        values.append(np.nan if v is None else float(v))
+        values.append(float(v) if _is_number(v) else np.nan)
     return np.asarray(rounds), np.asarray(values, dtype=float)
+
+
+def _is_number(value: Any) -> bool:
+    """A logged number (not None, a list or a flag): what a curve over rounds can plot."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _round_axis(ax) -> None:
@@ -185,8 +190,11 @@ def imbalance_panel(ax, run: RunData) -> None:
     _mark_best(ax, run)
     ax.set_title("modality imbalance ratio ρ")
     _round_axis(ax)
-    a, b = (run.modalities[0], run.modalities[-1]) if run.modalities else ("A", "B")
-    ax.set_ylabel(f"ρ = Σ P({a}) / Σ P({b})")
+    if len(run.modalities) == 2 or not run.modalities:
+        a, b = (run.modalities[0], run.modalities[-1]) if run.modalities else ("A", "B")
+        ax.set_ylabel(f"ρ = Σ P({a}) / Σ P({b})")
+    else:  # ρ compares two modalities; a run of M > 2 logs it null unless its method defines one
+        ax.set_ylabel("imbalance ratio ρ (as logged)")
     ax.legend(fontsize="small")
 
 
@@ -212,7 +220,7 @@ def balance_over_rounds(run: RunData) -> Figure | None:
     """Imbalance ratio (val and test) and, for FedCMI, class temperatures over rounds; for a
     method that selects modalities (cmsfed) also ρ̄ and the clients trained per round."""
     rounds_t = [line["round"] for line in run.metrics if line.get("temperatures")]
-    has_ratio = any((line.get(split) or {}).get("imbalance_ratio") is not None
+    has_ratio = any(_is_number((line.get(split) or {}).get("imbalance_ratio"))
                     for line in run.metrics for split in ("val", "test"))
     has_selection = bool(run.selection)
     if not has_ratio and not rounds_t and not has_selection:
@@ -237,12 +245,63 @@ def balance_over_rounds(run: RunData) -> Figure | None:
     fig.suptitle(f"{run.name}: modality balance over rounds (logged during training)")
     return Figure(f"balance.{run.name}", f"Imbalance ratio and class temperatures · {run.name}",
                   "Logged each round in metrics.jsonl: the test/validation imbalance ratio ρ = Σ P_A / Σ P_B "
-                  "of the self classifiers' ground-truth probabilities (log scale, 1 = balanced) and "
+                  "of the self classifiers' ground-truth probabilities (log scale, 1 = balanced; defined for two "
+                  "modalities, null and not drawn for more) and "
                   "FedCMI's sample-weighted mean class temperatures (lower = sharper distillation target)."
                   + (" For a method that selects modalities: the server's global imbalance ρ̄ (sample-weighted mean "
                      "of the clients' ρ) and the clients trained each round, by modalities trained."
                      if has_selection else ""),
                   fig)
+
+
+#: server numbers drawn elsewhere (the imbalance panel draws ρ̄)
+_SERVER_KEYS_ELSEWHERE = ("global_imbalance",)
+
+
+def _server_series(run: RunData) -> dict[str, tuple[list[int], list[list[float]]]]:
+    """Key -> (rounds, values per round) of the numbers a method's server logs each round
+    (metrics.jsonl ``server``: a float, or a list, e.g. one value per modality); null rounds left out."""
+    series: dict[str, tuple[list[int], list[list[float]]]] = {}
+    for line in run.metrics:
+        for key, value in (line.get("server") or {}).items():
+            if key in _SERVER_KEYS_ELSEWHERE or value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if all(isinstance(v, (int, float)) for v in values):
+                rounds, rows = series.setdefault(key, ([], []))
+                rounds.append(line["round"])
+                rows.append([float(v) for v in values])
+    return series
+
+
+def method_dynamics(run: RunData) -> Figure | None:
+    """One panel per number the method's server logs (AUG's learners per modality, Remix's
+    assignment shares, AGM's coefficients...), over rounds; a list of as many values as the run
+    has modalities is one line per modality."""
+    series = _server_series(run)
+    if not series:
+        return None
+    per_row = min(len(series), 3)
+    rows = -(-len(series) // per_row)
+    fig, axes = _new(3.4 * per_row, 2.6 * rows, ncols=per_row, nrows=rows)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    for ax, (key, (rounds, values)) in zip(axes, series.items()):
+        width = max(len(v) for v in values)
+        names = run.modalities if width == len(run.modalities) else [str(i) for i in range(width)]
+        for i in range(width):
+            column = [v[i] if i < len(v) else np.nan for v in values]
+            ax.plot(rounds, column, color=colour(i), marker=MARKERS[i % len(MARKERS)], markersize=4,
+                    label=names[i] if width > 1 else None)
+        ax.set_title(key.replace("_", " "))
+        _round_axis(ax)
+        if width > 1:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{run.name}: the method's own dynamics (logged during training)")
+    return Figure(f"dynamics.{run.name}", f"Method dynamics · {run.name}",
+                  "Numbers the method's server logged each round in metrics.jsonl (`server`), e.g. learners "
+                  "per modality, assignment shares or modulation coefficients; one line per modality where "
+                  "the method logs one value per modality.", fig)
 
 
 def partition_heatmap(run: RunData) -> Figure | None:
@@ -430,7 +489,7 @@ def _report_jobs(report: Report) -> list[Callable[[], Figure | None]]:
     drawn_partitions = set()
     for run in report.runs:
         jobs += [lambda r=run: accuracy_curves(report, r.run), lambda r=run: recall_bars(report, r),
-                 lambda r=run: balance_over_rounds(r.run)]
+                 lambda r=run: balance_over_rounds(r.run), lambda r=run: method_dynamics(r.run)]
         if run.run.partition is not None and run.run.partition.path not in drawn_partitions:
             drawn_partitions.add(run.run.partition.path)
             jobs.append(lambda r=run: partition_heatmap(r.run))

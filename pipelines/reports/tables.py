@@ -322,9 +322,10 @@ def selection_table(run: RunData) -> Table | None:
     ]
     columns = ["round", "clients trained", *(f"{m} only" for m in run.modalities), "global imbalance ρ̄"]
     first = run.modalities[0] if run.modalities else "the first modality"
+    dominant = f"> 1: {first} dominant" if len(run.modalities) <= 2 else "defined for two modalities, — otherwise"
     note = ("Logged each round in metrics.jsonl: the clients whose update was aggregated (count and ids), those of "
             "them that trained only one modality, and the server's global imbalance ρ̄ after the round (mean of "
-            f"the clients' imbalance ratios weighted by samples; > 1: {first} dominant), which picks the "
+            f"the clients' imbalance ratios weighted by samples; {dominant}), which picks the "
             "modality the next round's weak-only clients train.")
     return Table(f"selection.{run.name}", f"Client selection · {run.name}", columns, rows, note)
 

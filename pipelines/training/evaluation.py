@@ -27,7 +27,9 @@ class Predictions:
     (or the model has no such path); ``routed``: (N,) int32 prediction of the path the sample's
     modalities select (-1 for a sample with no modality); ``self_logits``: (N, 2, n_classes)
     float32 logits of the self classifiers of A and B (dataset order), NaN on rows where not both
-    are defined (None for a model without two modalities): the imbalance ratio's input.
+    are defined: the imbalance ratio's input, kept for exactly two modalities only (None for a
+    model with one modality or M > 2 modalities, whose ratio is undefined; nothing else reads it:
+    the prediction files and reports are built from ``paths`` / ``routed``).
     """
 
     labels: np.ndarray
@@ -50,7 +52,8 @@ class Predictions:
 def predict(model: torch.nn.Module, pool: TrainPool, eval_paths: Sequence[str], modalities: Sequence[str],
             batch_size: int, indices: np.ndarray | None = None) -> Predictions:
     """Run ``model`` (eval mode, no grad) over ``pool`` rows ``indices`` (all rows by default)
-    in order. ``modalities`` names A and B (dataset order) for the imbalance ratio."""
+    in order. ``modalities`` names the dataset's modalities (dataset order): with exactly two
+    (A and B) the self logits are kept for the imbalance ratio, otherwise not."""
     if indices is None:
         indices = np.arange(len(pool.labels))
     model.eval()
@@ -111,7 +114,9 @@ def imbalance_ratio(pred: Predictions) -> float | None:
     every sample where both self classifiers are defined, p_m,i = softmax of m's self logits
     (float64). > 1: A's self classifier gives the ground truth more probability overall; 1:
     balanced. A ratio of sums, not a mean of per-sample ratios, so a sample whose p_B is ≈ 0
-    weighs no more than any other. None without two modalities or without such a sample."""
+    weighs no more than any other. Defined for exactly two modalities: None for a one-modality
+    model, for M > 2 modalities (a ratio of two has no single M-ary counterpart; reports and
+    figures already treat a null ratio as "not measured") and without such a sample."""
     if pred.self_logits is None:
         return None
     both = np.isfinite(pred.self_logits).all(axis=(1, 2))
@@ -128,6 +133,6 @@ def client_accuracy(clients: np.ndarray, labels: np.ndarray, routed: np.ndarray)
 
 
 def selection_path(model_modalities: Sequence[str]) -> str:
-    """The path whose validation accuracy picks the best round: ``fused`` for a two-modality
-    model, the only path (``<m>_self``) of a one-modality model."""
-    return "fused" if len(model_modalities) == 2 else f"{model_modalities[0]}_self"
+    """The path whose validation accuracy picks the best round: ``fused`` for a model with two or
+    more modalities, the only path (``<m>_self``) of a one-modality model."""
+    return "fused" if len(model_modalities) >= 2 else f"{model_modalities[0]}_self"

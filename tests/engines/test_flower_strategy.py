@@ -133,9 +133,12 @@ def without_time(lines):
 
 
 @pytest.mark.parametrize("method, supernodes", [("fedavg", 3), ("fedcmi", 2), ("local", 3), ("centralized", 2),
-                                                ("cmsfed", 2), ("pmr", 3), ("ogm_ge", 2)])
+                                                ("cmsfed", 2), ("pmr", 3), ("ogm_ge", 2), ("aug", 2), ("mnl", 3),
+                                                ("remix", 2), ("arm", 3), ("agm", 2), ("mmpareto", 3)])
 def test_flower_rounds_equal_the_local_engine_exactly(ws, method, supernodes):
-    settings = dict(method=method, rounds=3 if method == "cmsfed" else 2, clients_per_round=2)
+    # rounds past each method's warm-up / first plan: CMSFed plans from round 2, ARM decides W after round 1
+    settings = dict(method=method, rounds=3 if method in ("cmsfed", "arm", "remix", "mnl", "aug") else 2,
+                    clients_per_round=2, **({"arm.proj_dim": 8} if method == "arm" else {}))   # k <= d = 16
     local = open_session(ws, quick_config(**settings), name=f"local-{method}")
     run_local(local, QuietProgress())
     flower = flower_session(ws, f"flower-{method}", **settings)

@@ -7,7 +7,8 @@ from tests.fl.common import SPECS, assert_states_equal, client, factory, initial
 
 
 def test_registry():
-    assert list(METHODS) == ["fedavg", "fedprox", "fedcmi", "cmsfed", "pmr", "ogm_ge", "unimodal", "centralized", "local"]
+    assert list(METHODS) == ["fedavg", "fedprox", "fedcmi", "cmsfed", "pmr", "ogm_ge", "aug", "mnl", "remix", "arm", "agm",
+                             "mmpareto", "unimodal", "centralized", "local"]
     assert get_method("local") is Local and not Local.federated and Centralized.pooled
     assert all(cls.federated for name, cls in METHODS.items() if name != "local")
     with pytest.raises(CmiError, match="fedavg, fedprox, fedcmi"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipelines.errors import CmiError
-from pipelines.fl import OGMGE, FedAvg, OGMGEHparams, TrainConfig
+from pipelines.fl import OGMGE, FedAvg, OGMGEHparams, RoundContext, TrainConfig
 from pipelines.fl.ogm_ge import modulation_coefficients
 from pipelines.models import ModelConfig, build_model
 from tests.fl.common import (CPU, NUM_CLASSES, SPECS, assert_states_equal, client, initial_state, make_pool,
@@ -36,7 +36,7 @@ def _backward(ogm, pool, rows=range(8)):
     batch = next(pool.batches(list(rows), len(rows), None, shuffle=False))
     model.zero_grad(set_to_none=True)
     outputs = model(batch.inputs, batch.present)
-    ogm.local_loss(model, outputs, batch, None).backward()
+    ogm.local_loss(model, outputs, batch, RoundContext(client=client(list(rows)), round_idx=0)).backward()
     return outputs, batch, _grads(model)
 
 

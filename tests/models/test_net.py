@@ -123,6 +123,7 @@ def test_bad_model_options_are_user_errors(kwargs, match):
         ModelConfig(**kwargs)
 
 
-def test_three_modalities_are_refused():
-    with pytest.raises(CmiError, match="one or two"):
-        build_model((SPEC, FRAMES, TEXT), C)
+def test_three_modalities_build_and_two_slot_fusions_refuse_them():
+    assert build_model((SPEC, FRAMES, TEXT), C).modalities == tuple(s.name for s in (SPEC, FRAMES, TEXT))
+    with pytest.raises(CmiError, match="defined for two modalities.*concat, sum"):
+        build_model((SPEC, FRAMES, TEXT), C, ModelConfig(fusion="film"))

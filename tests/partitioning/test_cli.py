@@ -4,6 +4,7 @@ from typer.testing import CliRunner
 from cmi_cli.app import app
 from pipelines.artifacts import Workspace
 from pipelines.partitioning import read_partition
+from pipelines.shards import ModalitySpec
 from tests.factories import DEFAULT_SPECS, make_dataset
 
 runner = CliRunner()
@@ -47,6 +48,9 @@ def test_help_documents_the_options():
     (["--missing", "1.5"], "must lie in [0, 1]"),
     (["--missing", "-0.1"], "must lie in [0, 1]"),
     (["--missing", "0.3", "--missing-modality", "text"], "use one of audio, visual"),
+    (["--missing", "0.3", "--missing-modality", "audio,visual"], "would leave nothing"),
+    (["--missing", "0.3", "--missing-modality", "audio", "--missing-modality", "visual"], "would leave nothing"),
+    (["--missing", "0.3", "--missing-modality", "audio,"], "--missing-modality needs modality names"),
     (["--by", "speaker"], "not a group column"),
     (["--by", "group", "--clients", "5"], "--clients 4 or fewer"),
     (["--by", "group", "--alpha", "0.5"], "give only one of them"),
@@ -85,3 +89,22 @@ def test_name_clash_with_other_parameters_needs_force(tmp_path):
     assert read_partition(ws.resolve("partition", "mine")).num_clients == 3
     assert _invoke(ws, "--clients", "4", "--name", "mine", "--force", "-q").exit_code == 0
     assert read_partition(ws.resolve("partition", "mine")).num_clients == 4
+
+
+def test_three_modalities_lose_a_set_given_repeated_or_comma_separated(tmp_path):
+    ws = Workspace(tmp_path)
+    make_dataset(ws, specs=(*DEFAULT_SPECS, ModalitySpec("gyro", "sequence", (6, 4), "float32")),
+                 per_class={"train": 30, "val": 2, "test": 2})
+    result = runner.invoke(app, ["--workspace", str(ws.root), "partition", "--clients", "6", "--missing", "0.5",
+                                 "--missing-modality", "gyro", "--missing-modality", "audio"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    artifact = ws.resolve("partition")
+    assert artifact.name == "toy-dir0.5-c6-m0.5-lose-audio+gyro-s0"
+    output = " ".join(result.output.split())
+    assert "3/6 clients hold fewer modalities (3 without audio+gyro)" in output
+    assert "with gyro" in output and output.count("visual only") == 3
+    again = _invoke(ws, "--clients", "6", "--missing", "0.5", "--missing-modality", "audio,gyro")
+    assert again.exit_code == 0 and "unchanged (identical partition exists)" in " ".join(again.output.split())
+    drawn = _invoke(ws, "--clients", "6", "--missing", "0.5", "--missing-level", "sample")
+    assert drawn.exit_code == 0, drawn.output
+    assert "by lost set: " in " ".join(drawn.output.split())

@@ -10,8 +10,8 @@ from pipelines.artifacts import (
 )
 from pipelines.errors import CmiError
 from pipelines.partitioning import PartitionSettings, partition_samples, read_partition, run_partition
-from pipelines.shards import read_table
-from tests.factories import make_dataset
+from pipelines.shards import ModalitySpec, read_table
+from tests.factories import DEFAULT_SPECS, make_dataset
 
 FILES = (PARTITION_ASSIGNMENTS, PARTITION_CLIENTS, PARTITION_STATS, PARTITION_HEATMAP)
 
@@ -180,3 +180,105 @@ def test_client_too_small_after_losing_single_modality_samples_is_an_error():
     assert result.excluded == {"no_modality_in_shards": 0, "lost_last_modality": 10}
     np.testing.assert_array_equal(result.kept, present["visual"])
     assert not result.available["audio"].any() and result.available["visual"].all()
+
+
+# ----------------------------------------------------------------------------- M modalities
+
+THREE = (*DEFAULT_SPECS, ModalitySpec("gyro", "sequence", (6, 4), "float32"))
+
+
+def test_two_modality_partitions_are_unchanged_by_lost_sets(tmp_path):
+    # the missing summaries written by the version that lost one modality (before lost sets)
+    ws = Workspace(tmp_path)
+    make_dataset(ws, per_class={"train": 40, "val": 2, "test": 2}, absent={"audio": 0.2, "visual": 0.2})
+    expected = {
+        "toy-dir0.5-c5-m0.4-s0": ({"alpha": 0.5, "clients": 5, "missing": 0.4}, {
+            "level": "client", "fraction": 0.4, "modality": None, "clients": 2,
+            "lost_modality": [None, None, "audio", "audio", None]}),
+        "toy-dir0.5-c5-m0.4-lose-visual-s0": ({"alpha": 0.5, "clients": 5, "missing": 0.4, "missing_modality": "visual"}, {
+            "level": "client", "fraction": 0.4, "modality": "visual", "clients": 2,
+            "lost_modality": [None, None, "visual", "visual", None]}),
+        "toy-iid-c4-m0.5-sample-s0": ({"iid": True, "clients": 4, "missing": 0.5, "missing_level": "sample"}, {
+            "level": "sample", "fraction": 0.5, "modality": None, "samples_stripped": {"audio": 17, "visual": 22}}),
+        "toy-iid-c4-m0.5-sample-lose-audio-s0": (
+            {"iid": True, "clients": 4, "missing": 0.5, "missing_level": "sample", "missing_modality": ["audio"]},
+            {"level": "sample", "fraction": 0.5, "modality": "audio", "samples_stripped": {"audio": 39, "visual": 0}}),
+    }
+    for name, (options, missing) in expected.items():
+        outcome = run_partition(ws, PartitionSettings.from_options(**options))
+        assert outcome.artifact.name == name
+        assert outcome.stats["missing"] == missing
+        assert outcome.artifact.params["missing_modality"] == missing["modality"]  # one name stays a string
+        assert "lost_sets" not in outcome.stats["missing"]
+        assert outcome.stats["description"].endswith(f"miss {missing['modality'] or 'a modality'}")
+
+
+def test_three_modalities_client_level(tmp_path):
+    ws = Workspace(tmp_path)
+    make_dataset(ws, specs=THREE, per_class={"train": 30, "val": 2, "test": 2})
+    outcome = run_partition(ws, PartitionSettings.from_options(alpha=1.0, clients=6, missing=0.5, seed=2))
+    assert outcome.artifact.name == "toy-dir1-c6-m0.5-s2"
+    data = read_partition(outcome.artifact)
+    stats, modalities = outcome.stats, ["audio", "visual", "gyro"]
+    assert stats["modalities"] == modalities and stats["missing"]["clients"] == 3
+    assert stats["description"].endswith("50% of clients miss one or more modalities")
+    labels = stats["missing"]["lost_modality"]
+    assert sum(label is not None for label in labels) == 3
+    for k, label in enumerate(labels):
+        lost = set(label.split("+")) if label else set()
+        assert lost != set(modalities)
+        rows = data.client == k
+        for m in modalities:
+            # every sample has every modality in the shards: a client holds exactly what it did not lose
+            assert data.available[m][rows].all() == (m not in lost) == bool(data.client_modalities[m][k])
+            assert stats["modality_counts"][m][k] == (0 if m in lost else rows.sum())
+        assert stats["multimodal_counts"][k] == (0 if lost else rows.sum())
+    assert stats["excluded"] == {"no_modality_in_shards": 0, "lost_last_modality": 0}
+    clients = pq.read_table(outcome.artifact.file(PARTITION_CLIENTS))
+    assert [c for c in clients.column_names if c in modalities] == modalities
+
+
+def test_three_modalities_a_fixed_set_names_the_artifact_and_is_reused(tmp_path):
+    ws = Workspace(tmp_path)
+    make_dataset(ws, specs=THREE)
+    settings = PartitionSettings.from_options(clients=4, missing=0.5, missing_modality=["gyro", "audio"])
+    outcome = run_partition(ws, settings)
+    # manifest order, whatever order the names were given in
+    assert outcome.artifact.name == "toy-dir0.5-c4-m0.5-lose-audio+gyro-s0"
+    assert outcome.artifact.params["missing_modality"] == ["audio", "gyro"]
+    assert outcome.stats["missing"]["modality"] == ["audio", "gyro"]
+    assert outcome.stats["missing"]["lost_modality"].count("audio+gyro") == 2
+    assert outcome.stats["description"].endswith("50% of clients miss audio+gyro")
+    data = read_partition(outcome.artifact)
+    losing = np.isin(data.client, [k for k, m in enumerate(outcome.stats["missing"]["lost_modality"]) if m])
+    assert not (data.available["audio"] | data.available["gyro"])[losing].any()
+    assert data.available["visual"].all()
+    # the same set spelled with commas (or repeated, in another order) is the same partition
+    for spelling in ("audio,gyro", ["gyro", "audio,gyro"]):
+        again = run_partition(ws, PartitionSettings.from_options(clients=4, missing=0.5, missing_modality=spelling))
+        assert again.reused and again.artifact.name == outcome.artifact.name
+    with pytest.raises(CmiError, match="would leave nothing"):
+        run_partition(ws, PartitionSettings.from_options(clients=4, missing=0.5,
+                                                         missing_modality="audio,visual,gyro"))
+    with pytest.raises(CmiError, match="'depth' is not a modality"):
+        run_partition(ws, PartitionSettings.from_options(clients=4, missing=0.5, missing_modality="audio,depth"))
+
+
+def test_three_modalities_sample_level_counts_sets_and_modalities(tmp_path):
+    ws = Workspace(tmp_path)
+    make_dataset(ws, specs=THREE, per_class={"train": 400, "val": 1, "test": 1})
+    outcome = run_partition(ws, PartitionSettings.from_options(iid=True, clients=3, missing=0.6, missing_level="sample"))
+    data = read_partition(outcome.artifact)
+    missing = outcome.stats["missing"]
+    modalities = ["audio", "visual", "gyro"]
+    lacking = {m: ~data.available[m] for m in modalities}
+    assert missing["samples_stripped"] == {m: int(lacking[m].sum()) for m in modalities}
+    assert list(missing["lost_sets"]) == ["audio", "visual", "audio+visual", "gyro", "audio+gyro", "visual+gyro"]
+    stripped = np.logical_or.reduce(list(lacking.values()))
+    assert sum(missing["lost_sets"].values()) == stripped.sum()
+    for label, count in missing["lost_sets"].items():
+        lost = set(label.split("+"))
+        assert count == np.logical_and.reduce([lacking[m] == (m in lost) for m in modalities]).sum()
+    assert np.logical_or.reduce([data.available[m] for m in modalities]).all()
+    # 1,200 samples, P = 0.6: sd of the share 0.014; bound 5 sd
+    assert abs(stripped.mean() - 0.6) < 5 * np.sqrt(0.6 * 0.4 / 1200)

@@ -55,3 +55,18 @@ def test_partition_statistics_counts_and_availability():
     assert stats["heterogeneity"]["effective_classes"][2] == 1.0
     # client 2 holds only class 2 (global share 1/6): TV = 1 - 1/6
     assert stats["heterogeneity"]["tv_distance"][2] == pytest.approx(5 / 6, abs=1e-6)
+
+
+def test_partition_statistics_report_every_modality_of_three():
+    client = np.array([0, 0, 0, 1, 1, 2, 2])
+    labels = np.array([0, 1, 2, 0, 0, 1, 1])
+    available = {
+        "accel": np.array([1, 1, 0, 0, 0, 1, 1], bool),   # client 1 lost {accel, gyro}
+        "gyro": np.array([1, 0, 1, 0, 0, 1, 0], bool),
+        "feat": np.array([1, 1, 1, 1, 1, 0, 0], bool),    # client 2 lost {feat}
+    }
+    stats = partition_statistics(client, labels, available, 3, 3)
+    assert stats["modality_counts"] == {"accel": [2, 0, 2], "gyro": [2, 0, 1], "feat": [3, 2, 0]}
+    assert stats["client_modalities"] == {"accel": [True, False, True], "gyro": [True, False, True],
+                                          "feat": [True, True, False]}
+    assert stats["multimodal_counts"] == [1, 0, 0]  # samples with all three

@@ -153,8 +153,8 @@ def test_html_of_a_run_without_predictions_says_incomplete(toy):
     write_run(toy.ws, "dead", RunSpec(status="failed", rounds_done=0, metrics=[]))
     calls = []
     text = render(build_report(toy.ws, ["dead"]), "html", progress=lambda done, total: calls.append((done, total)))
-    # curves, recall bars, balance, heatmap, client accuracy were tried; only the heatmap exists
-    assert calls == [(i, 5) for i in range(1, 6)]
+    # curves, recall bars, balance, method dynamics, heatmap, client accuracy were tried; only the heatmap exists
+    assert calls == [(i, 6) for i in range(1, 7)]
     scan = HtmlScan()
     scan.feed(text)
     assert '<div class="incomplete">dead: INCOMPLETE: run status is &#x27;failed&#x27;' in text

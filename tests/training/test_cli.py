@@ -149,7 +149,7 @@ def test_log_tensorboard_without_the_package_names_the_extra_and_leaves_no_run_d
 
 
 def test_help_documents_every_option_its_default_its_choices_and_examples():
-    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0
     for option in ("--config", "--method", "--rounds", "--clients-per-round", "--local-epochs", "--lr", "--batch-size",
                    "--eval-every", "--seed", "--device", "--encoder", "--fusion", "--set", "--partition", "--name",
@@ -171,7 +171,7 @@ def test_help_documents_every_option_its_default_its_choices_and_examples():
                    f"Federated method. [default: {cfg.method}]", "cmi[simulation] extra", "cmi[tensorboard] extra"):
         assert phrase in text, phrase
     for registry in (METHODS, ENCODERS, FUSIONS, ENGINES, DEVICES):
-        assert "[" + "|".join(registry) + "]" in text
+        assert "[" + " | ".join(registry) + "]" in text
 
 
 @pytest.mark.parametrize("command", [["train"], ["flower"], ["experiment"], ["experiment", "run"], ["runs"]])

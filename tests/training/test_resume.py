@@ -1,6 +1,6 @@
 """kill -9 in the middle of a run, `cmi train --resume`, and the result of an uninterrupted run:
 FedCMI; CMSFed, whose server state (prototypes, sketches, distance matrices, imbalances) the
-checkpoint carries and whose round plan depends on it; and method local, whose per-client
+checkpoint carries and whose round plan depends on it; AUG, AGM and ARM (see SETTINGS); and method local, whose per-client
 states live in content-addressed files beside the checkpoint (a kill before the checkpoint
 leaves the round's new state files unreferenced)."""
 
@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "fedcmi": {**QUICK, "method": "fedcmi", "rounds": 4},
     "cmsfed": {**QUICK, "method": "cmsfed", "rounds": 4, "clients_per_round": 2},
+    # AUG's learner counts live in the weights, AGM's running means in the client states, ARM's
+    # weak modality in the server state set from the evaluation
+    "aug": {**QUICK, "method": "aug", "rounds": 4},
+    "agm": {**QUICK, "method": "agm", "rounds": 4},
+    "arm": {**QUICK, "method": "arm", "rounds": 4, "arm": {"proj_dim": 8}},
     "local": {**QUICK, "method": "local", "rounds": 4, "clients_per_round": 2},
 }
 
