@@ -10,7 +10,7 @@ the modality-imbalance papers), 6 classes, 744 val + 744 test samples; Dirichlet
 For each method, the rounds run through the real engine (:func:`pipelines.engines.local.run`,
 checkpoint every round); evaluation (val, test and every client's training data) runs on the
 last round only and is reported apart. Time inside the model is measured by wrapping
-``MultimodalNet.forward``, ``Tensor.backward`` and ``SGD.step`` (CUDA synchronised); everything
+``MultimodalNet.forward``, ``Tensor.backward`` and ``MomentumSGD.step`` (CUDA synchronised); everything
 else in a round (batching and indexing, temperatures bookkeeping, the proximal term, update
 checks, aggregation, checkpointing) is overhead: target < 5% of a training round. Round 1 is left
 out of the means (FedCMI's warm-up round has no infiltration; first-call costs). Each round also
@@ -44,6 +44,7 @@ from workload import CLASSES, EVAL_SAMPLES, SPECS, TRAIN_SAMPLES  # also puts th
 from pipelines.artifacts import Artifact  # noqa: E402
 from pipelines.engines.local import run as run_local  # noqa: E402
 from pipelines.fl import TrainPool  # noqa: E402
+from pipelines.fl.base import MomentumSGD  # noqa: E402
 from pipelines.models import MultimodalNet  # noqa: E402
 from pipelines.partitioning.dirichlet import split_dirichlet, split_iid  # noqa: E402
 from pipelines.partitioning.missing import client_level_missing  # noqa: E402
@@ -121,7 +122,7 @@ class ModelClock:
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self._wrap(MultimodalNet, "forward", "forward")
         self._wrap(torch.Tensor, "backward", "backward")
-        self._wrap(torch.optim.SGD, "step", "step")
+        self._wrap(MomentumSGD, "step", "step")
 
     def _wrap(self, owner, attr: str, key: str) -> None:
         original = getattr(owner, attr)

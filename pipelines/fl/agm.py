@@ -7,9 +7,8 @@ running mean of the contributions' losses kept as its client state. Definition:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,7 +16,8 @@ from torch import Tensor
 
 from pipelines.errors import CmiError
 from pipelines.fl.base import (
-    Batch, ClientUpdate, FedAvg, FedAvgHparams, RoundContext, ServerState, State, TrainPool,
+    Batch, ClientUpdate, FedAvg, FedAvgHparams, ModalityRoundMean, RoundContext, State, TrainPool,
+    weighted_mean,
 )
 from pipelines.models import ModelOutputs, MultimodalNet
 
@@ -87,7 +87,7 @@ def coefficients(r: Tensor, r_bar: Tensor, alpha: float) -> Tensor:
     return (alpha * (r_bar - r).clamp_max(CLAMP)).exp()
 
 
-class AGM(FedAvg):
+class AGM(ModalityRoundMean, FedAvg):
     """AGM on the fusion head, two modalities, any fusion head.
 
     Per step, on the batch's multimodal rows, with u_m = S_m h_m (``outputs.features``) and the
@@ -136,6 +136,7 @@ class AGM(FedAvg):
     (k_A + k_B)/2; their gradient clipping and modulation start/end epochs are not in the spec."""
 
     name = "agm"
+    round_mean_key, metric_prefix = "k_mean", "k"
     two_modalities = True
     Hparams = AGMHparams
     Context = AGMContext
@@ -188,27 +189,8 @@ class AGM(FedAvg):
         ctx.client_state = {"score_mean": ctx.score_mean.cpu(),
                             "steps": torch.tensor([ctx.steps], dtype=torch.int64)}
 
-    # ------------------------------------------------------------------ server
-    def init_server_state(self, num_clients: int, num_classes: int) -> ServerState:
-        return {"k_mean": torch.full((2,), float("nan"), dtype=torch.float64)}
-
-    def server_update(self, global_state: State, server_state: ServerState, updates: list[ClientUpdate],
-                      round_idx: int) -> tuple[State, ServerState]:
-        return self.aggregate(global_state, updates), {**server_state, "k_mean": round_k(updates)}
-
-    def server_metrics(self, server_state: ServerState) -> dict[str, Any]:
-        k = server_state["k_mean"]
-        return {f"k_{m}": float(v) if math.isfinite(float(v)) else None for m, v in zip(self.modalities, k)}
-
-
-def round_k(updates: list[ClientUpdate]) -> Tensor:
-    """(2,) float64: the mean (k_A, k_B) over every modulated step of the round's updates (each
-    update's mean weighted by its ``agm_steps``); NaN when none modulated."""
-    total = torch.zeros(2, dtype=torch.float64)
-    steps = 0
-    for u in updates:
-        n = int(u.metrics.get("agm_steps") or 0)
-        if n:
-            total += n * torch.tensor(u.metrics["agm_k"], dtype=torch.float64)
-            steps += n
-    return total / steps if steps else torch.full((2,), float("nan"), dtype=torch.float64)
+    def round_mean(self, updates: list[ClientUpdate]) -> Tensor:
+        """(k_A, k_B) averaged over every modulated step of the round (each update's mean weighted by
+        its ``agm_steps``)."""
+        return weighted_mean(((u.metrics["agm_steps"], u.metrics["agm_k"]) for u in updates
+                              if u.metrics.get("agm_steps")), 2)

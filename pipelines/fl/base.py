@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.sgd import sgd
 
 from pipelines.errors import CmiError
 from pipelines.models import ModelConfig, ModelOutputs, MultimodalNet, build_model
@@ -98,6 +99,33 @@ class TrainConfig:
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.local_epochs < 1 or self.batch_size < 1:
             raise CmiError(f"invalid training settings {self}: need lr > 0, momentum >= 0, weight_decay >= 0, "
                            "local_epochs >= 1, batch_size >= 1 (train.* options).")
+
+
+class MomentumSGD:
+    """torch.optim.SGD's update (momentum, weight decay, no dampening or Nesterov), computed by
+    torch's own functional ``torch.optim.sgd.sgd`` over a fixed parameter list; parameters
+    without a gradient are skipped and keep their momentum, as in torch.optim.SGD. Not the
+    Optimizer class: its first construction in a process imports torch._dynamo (about 2 s here),
+    which every Flower ClientApp process (one per message) would pay."""
+
+    def __init__(self, params: Sequence[Tensor], train: TrainConfig):
+        self.params = list(params)
+        self.train = train
+        self.momentum: list[Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        reached = [k for k, p in enumerate(self.params) if p.grad is not None]
+        buffers = [self.momentum[k] for k in reached]
+        params = [self.params[k] for k in reached]
+        sgd(params, [p.grad for p in params], buffers, weight_decay=self.train.weight_decay,
+            momentum=self.train.momentum, lr=self.train.lr, dampening=0.0, nesterov=False, maximize=False)
+        for k, buffer in zip(reached, buffers):
+            self.momentum[k] = buffer
 
 
 @dataclass
@@ -426,8 +454,7 @@ class FedAvg:
                                  client_state=client_state)
         model.train()
         params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD([p for _, p in params], lr=self.train.lr, momentum=self.train.momentum,
-                                    weight_decay=self.train.weight_decay)
+        optimizer = MomentumSGD([p for _, p in params], self.train)
         generator = torch.Generator().manual_seed(int(seed))
         hook_generator = torch.Generator(device=self.device).manual_seed(hook_seed(seed))
         epochs = task.local_epochs if task is not None and task.local_epochs else self.train.local_epochs
@@ -437,7 +464,7 @@ class FedAvg:
             for batch in self.epoch_batches(model, pool, rows, generator, ctx, epoch):
                 if trains != self.modalities:
                     batch.present = {m: p if m in trains else torch.zeros_like(p) for m, p in batch.present.items()}
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 outputs = model(batch.inputs, batch.present)
                 loss = self.local_loss(model, outputs, batch, ctx)
                 loss.backward()
@@ -460,3 +487,37 @@ class FedAvg:
         return ClientUpdate(cid=client.cid, num_samples=int(rows.shape[0]), state=state, trained_groups=trained,
                             metrics={"loss": loss, **ctx.metrics}, client_state=ctx.client_state,
                             payload=dict(ctx.payload))
+
+
+def weighted_mean(pairs: Iterable[tuple[float, Sequence[float]]], size: int) -> Tensor:
+    """Σ w·v / Σ w over (weight w, vector v of ``size`` numbers) pairs, as a (size,) float64
+    tensor; NaN everywhere when the weights sum to 0."""
+    total, weight = torch.zeros(size, dtype=torch.float64), 0.0
+    for w, values in pairs:
+        total += w * torch.tensor(values, dtype=torch.float64)
+        weight += w
+    return total / weight if weight else torch.full((size,), float("nan"), dtype=torch.float64)
+
+
+class ModalityRoundMean:
+    """Mixin (before FedAvg in the bases) for a method whose server keeps and logs one number per
+    modality each round, computed from the round's client reports by ``round_mean`` ((M,) float64,
+    NaN when no client reported one). It is kept under ``round_mean_key`` in the server state (NaN
+    before the first round) and logged as ``<metric_prefix>_<modality>`` (null for NaN)."""
+
+    round_mean_key: str
+    metric_prefix: str
+
+    def round_mean(self, updates: list[ClientUpdate]) -> Tensor:
+        raise NotImplementedError
+
+    def init_server_state(self, num_clients: int, num_classes: int) -> ServerState:
+        return {self.round_mean_key: torch.full((len(self.modalities),), float("nan"), dtype=torch.float64)}
+
+    def server_update(self, global_state: State, server_state: ServerState, updates: list[ClientUpdate],
+                      round_idx: int) -> tuple[State, ServerState]:
+        return self.aggregate(global_state, updates), {**server_state, self.round_mean_key: self.round_mean(updates)}
+
+    def server_metrics(self, server_state: ServerState) -> dict[str, Any]:
+        return {f"{self.metric_prefix}_{m}": float(v) if math.isfinite(float(v)) else None
+                for m, v in zip(self.modalities, server_state[self.round_mean_key])}

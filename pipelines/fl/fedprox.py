@@ -30,10 +30,11 @@ class FedProxHparams(FedAvgHparams):
 
 @dataclass
 class ProxContext(RoundContext):
-    """``reference``: the received global parameters on the device, keyed like
-    ``named_parameters`` (the proximal anchor; None when μ = 0)."""
+    """``anchors``: (parameter of the local model, its received global value on the device) for
+    every parameter: the proximal anchor, paired once per client instead of by name every step
+    (None when μ = 0)."""
 
-    reference: dict[str, Tensor] | None = None
+    anchors: list[tuple[Tensor, Tensor]] | None = None
 
 
 class FedProx(FedAvg):
@@ -54,14 +55,14 @@ class FedProx(FedAvg):
                       client: ClientData, round_idx: int, **plan) -> ProxContext:
         ctx = super().prepare_round(model, global_state, pool, rows, client, round_idx, **plan)
         if self.mu:
-            ctx.reference = {name: global_state[name].to(self.device) for name, _ in model.named_parameters()}
+            ctx.anchors = [(p, global_state[name].to(self.device)) for name, p in model.named_parameters()]
         return ctx
 
     @torch.no_grad()
     def regularize_gradients(self, model: MultimodalNet, ctx: ProxContext) -> Tensor | float:
         if not self.mu:
             return 0.0
-        reached = [(p, ctx.reference[name]) for name, p in model.named_parameters() if p.grad is not None]
+        reached = [(p, anchor) for p, anchor in ctx.anchors if p.grad is not None]
         if not reached:
             return 0.0
         params, anchors = (list(t) for t in zip(*reached))

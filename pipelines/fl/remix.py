@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from torch import Tensor
 
 from pipelines.errors import CmiError
 from pipelines.fl.base import (
-    Batch, ClientUpdate, FedAvg, FedAvgHparams, RoundContext, ServerState, State, TrainPool,
+    Batch, ClientUpdate, FedAvg, FedAvgHparams, ModalityRoundMean, RoundContext, TrainPool,
+    weighted_mean,
 )
 from pipelines.models import ModelOutputs, MultimodalNet
 
@@ -73,7 +74,7 @@ def assign_to_first(logits_a: Tensor, logits_b: Tensor) -> Tensor:
     return kl_to_uniform(logits_a) < kl_to_uniform(logits_b)
 
 
-class Remix(FedAvg):
+class Remix(ModalityRoundMean, FedAvg):
     """Data Remixing, client side, exactly as the spec (``shared/spec/methods.md``), two modalities.
 
     Warm-up (rounds ``round_idx < warmup``, warmup = ``warmup_rounds`` or max(1, ⌊R/10⌋) with
@@ -111,6 +112,7 @@ class Remix(FedAvg):
     neither changes which KL is lower."""
 
     name = "remix"
+    round_mean_key, metric_prefix = "shares", "share"
     two_modalities = True
     Hparams = RemixHparams
     Context = RemixContext
@@ -193,27 +195,8 @@ class Remix(FedAvg):
             ctx.metrics["remix_shares"] = ctx.shares
             ctx.metrics["remix_scored"] = ctx.scored
 
-    # ------------------------------------------------------------------ server
-    def init_server_state(self, num_clients: int, num_classes: int) -> ServerState:
-        return {"shares": torch.full((2,), float("nan"), dtype=torch.float64)}
-
-    def server_update(self, global_state: State, server_state: ServerState, updates: list[ClientUpdate],
-                      round_idx: int) -> tuple[State, ServerState]:
-        return self.aggregate(global_state, updates), {**server_state, "shares": round_shares(updates)}
-
-    def server_metrics(self, server_state: ServerState) -> dict[str, Any]:
-        shares = server_state["shares"]
-        return {f"share_{m}": float(s) if math.isfinite(float(s)) else None for m, s in zip(self.modalities, shares)}
-
-
-def round_shares(updates: list[ClientUpdate]) -> Tensor:
-    """(2,) float64: Σ n·share / Σ n over every remixed epoch of every update (n: the samples the
-    epoch scored), i.e. the fractions of all scored samples assigned to A and to B; NaN when no
-    update remixed."""
-    total = torch.zeros(2, dtype=torch.float64)
-    count = 0
-    for u in updates:
-        for share, n in zip(u.metrics.get("remix_shares") or [], u.metrics.get("remix_scored") or []):
-            total += n * torch.tensor(share, dtype=torch.float64)
-            count += n
-    return total / count if count else torch.full((2,), float("nan"), dtype=torch.float64)
+    def round_mean(self, updates: list[ClientUpdate]) -> Tensor:
+        """The fractions of all samples scored in the round's remixed epochs assigned to A and to B
+        (Σ n·share / Σ n, n: the samples an epoch scored)."""
+        return weighted_mean(((n, share) for u in updates for share, n in
+                              zip(u.metrics.get("remix_shares") or [], u.metrics.get("remix_scored") or [])), 2)

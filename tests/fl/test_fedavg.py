@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.fl import FedAvg, RoundContext, TrainConfig
-from pipelines.fl.base import Batch
+from pipelines.fl.base import Batch, MomentumSGD
 from pipelines.models import ModelOutputs
 from tests.fl.common import (NUM_CLASSES, assert_states_equal, client, initial_state, make_pool, method)
 
@@ -24,6 +24,31 @@ def test_batches_cover_every_index_once_in_a_seeded_order():
     assert b.indices.tolist() == [3, 4, 5, 6, 7]
     assert torch.equal(b.inputs["visual"], pool.inputs["visual"][3:8]) and b.inputs["visual"].dtype == torch.uint8
     assert torch.equal(b.labels, pool.labels[3:8]) and torch.equal(b.present["audio"], pool.present["audio"][3:8])
+
+
+def test_momentum_sgd_equals_torch_optim_sgd_also_when_a_parameter_skips_steps():
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    train = TrainConfig(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    mine = MomentumSGD(ours, train)
+    reference = torch.optim.SGD(theirs, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for step in range(5):
+        mine.zero_grad()
+        reference.zero_grad(set_to_none=True)
+        grads = [torch.randn(4, 3), torch.randn(3) if step != 2 else None]   # step 2: no gradient, no update
+        for p, q, g in zip(ours, theirs, grads):
+            if g is not None:
+                p.grad, q.grad = g.clone(), g.clone()
+        before = ours[1].detach().clone()
+        mine.step()
+        reference.step()
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q)
+        if step == 2:
+            assert torch.equal(ours[1], before)
+    # the momentum kept through the skipped step is torch's
+    assert mine.momentum[1] is not None and torch.equal(mine.momentum[1], reference.state[theirs[1]]["momentum_buffer"])
 
 
 def test_mixed_batch_objective_by_hand():
