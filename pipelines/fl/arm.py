@@ -167,11 +167,7 @@ class ARM(FedAvg):
     two_modalities = True
     Hparams = ARMHparams
     Context = ARMContext
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.model, ARMNet):
-            raise CmiError("method arm needs its own network (ARM.network): per-modality projections and classifiers.")
+    network_class = ARMNet
 
     @classmethod
     def network(cls, specs: Sequence[ModalitySpec], num_classes: int, config: ModelConfig, hparams: Any,

@@ -272,12 +272,7 @@ class AUG(FedAvg):
     two_modalities = True
     Hparams = AUGHparams
     Context = AUGContext
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.model, AUGNet):
-            raise CmiError("method aug trains its own network (AUG.network, an AUGNet); got "
-                           f"{type(self.model).__name__}.")
+    network_class = AUGNet
 
     @classmethod
     def network(cls, specs: Sequence[ModalitySpec], num_classes: int, config: ModelConfig, hparams: Any,

@@ -310,6 +310,8 @@ class FedAvg:
     total_rounds = 1
     #: the method is defined for exactly two modalities (a model with another count is refused)
     two_modalities = False
+    #: the class of model ``network`` builds; a method given another model is refused
+    network_class: type[MultimodalNet] = MultimodalNet
 
     def __init__(self, model_factory: Callable[[], MultimodalNet], train: TrainConfig, hparams: Any,
                  device: torch.device):
@@ -322,6 +324,9 @@ class FedAvg:
         self.modalities = self.model.modalities
         if self.two_modalities and len(self.modalities) != 2:
             raise CmiError(f"method {self.name} is defined for two modalities; the model has {list(self.modalities)}.")
+        if not isinstance(self.model, self.network_class):
+            raise CmiError(f"method {self.name} trains its own network ({type(self).__name__}.network, a "
+                           f"{self.network_class.__name__}); got {type(self.model).__name__}.")
         self.groups = self.model.parameter_groups()
         self.param_groups = {key: group for group, keys in self.groups.items() for key in keys}
 
