@@ -193,4 +193,4 @@ class AGM(ModalityRoundMean, FedAvg):
         """(k_A, k_B) averaged over every modulated step of the round (each update's mean weighted by
         its ``agm_steps``)."""
         return weighted_mean(((u.metrics["agm_steps"], u.metrics["agm_k"]) for u in updates
-                              if u.metrics.get("agm_steps")), 2)
+                              if u.metrics.get("agm_steps")), len(self.modalities))

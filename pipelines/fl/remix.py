@@ -199,4 +199,5 @@ class Remix(ModalityRoundMean, FedAvg):
         """The fractions of all samples scored in the round's remixed epochs assigned to A and to B
         (Σ n·share / Σ n, n: the samples an epoch scored)."""
         return weighted_mean(((n, share) for u in updates for share, n in
-                              zip(u.metrics.get("remix_shares") or [], u.metrics.get("remix_scored") or [])), 2)
+                              zip(u.metrics.get("remix_shares") or [], u.metrics.get("remix_scored") or [])),
+                             len(self.modalities))
